@@ -1,0 +1,23 @@
+"""Test-wide setup: make a CPU-only machine's CUDA torchvision importable before any test imports it."""
+
+import importlib.util
+from pathlib import Path
+
+_SHIM = Path(__file__).resolve().parent.parent / "memv2v_cli" / "cpu_torchvision" / "sitecustomize.py"
+_spec = importlib.util.spec_from_file_location("memv2v_cpu_torchvision", _SHIM)
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)  # installs an import hook that acts only if torchvision's compiled ops cannot load
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's shared test data (real ReCamMaster trajectories and videos), beside the checkout."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (it lives beside the checkout as ../shared/data)")
+    return SHARED_DATA

@@ -1,0 +1,85 @@
+"""Host tests: a real ComfyUI started as a subprocess on 127.0.0.1 with a private base directory and tiny random models.
+
+ComfyUI is found through COMFYUI_PATH, else ~/comfy/ComfyUI, else the ComfyUI that contains this pack. Without one,
+every host test is skipped with one reason that says how to enable them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from memv2v_cli import comfy_host
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ASSET_CACHE = Path(os.environ.get("MEMV2V_TEST_CACHE", Path.home() / ".cache" / "memv2v" / "test-assets"))
+
+COMFYUI, WHERE = comfy_host.find_comfyui()
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.host)
+            if COMFYUI is None:
+                item.add_marker(pytest.mark.skip(reason=f"host tests skipped: {WHERE}"))
+
+
+@dataclass
+class Host:
+    """A running ComfyUI with this pack and the demo pack installed, plus the demo assets."""
+
+    server: comfy_host.ComfyServer
+    assets: dict[str, str]
+    _object_info: dict | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> comfy_host.ComfyClient:
+        return self.server.client()
+
+    @property
+    def object_info(self) -> dict:
+        if self._object_info is None:
+            self._object_info = self.client.object_info()
+        return self._object_info
+
+    def run(self, prompt: dict, timeout: float = 600) -> comfy_host.PromptResult:
+        return self.client.run(prompt, timeout=timeout)
+
+    def output_path(self, relative: str) -> Path:
+        return self.server.output_dir / relative
+
+
+def build_assets(comfyui: Path) -> dict[str, str]:
+    """Build the tiny models once per ComfyUI version (cached between runs; the builder is deterministic)."""
+    out = ASSET_CACHE / comfy_host.comfyui_version(comfyui)
+    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_models", "--comfyui", str(comfyui), "--out", str(out)],
+                          cwd=REPO_ROOT, env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the tiny test models failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory) -> Host:
+    assert COMFYUI is not None  # unreachable: host tests are skipped without a host
+    assets = build_assets(COMFYUI)
+    server = comfy_host.ComfyServer(COMFYUI, tmp_path_factory.mktemp("comfy-base"))
+    server.install_custom_node(REPO_ROOT, comfy_host.PACK_NAME)
+    server.install_custom_node(REPO_ROOT / "memv2v_cli" / "demo_nodes", "memv2v_demo")
+    server.add_model("diffusion_models", Path(assets["dit"]))
+    server.add_model("vae", Path(assets["vae"]))
+    shutil.copy(assets["video"], server.base_dir / "input" / Path(assets["video"]).name)
+    server.start()
+    try:
+        yield Host(server, assets)
+    finally:
+        server.stop()
