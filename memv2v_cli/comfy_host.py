@@ -212,14 +212,14 @@ class ComfyServer:
     """A ComfyUI server process with its own base directory (models, custom_nodes, input, output, user)."""
 
     def __init__(self, comfyui: Path, base_dir: Path, python: str = sys.executable, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), log_path: Path | None = None):
         self.comfyui = Path(comfyui)
         self.base_dir = Path(base_dir)
         self.python = python
         self.port = port or free_port()
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
-        self.log_path = self.base_dir / "comfyui.log"
+        self.log_path = Path(log_path) if log_path else self.base_dir / "comfyui.log"
         for sub in ("custom_nodes", "input", "output", "user", "temp", "models/diffusion_models", "models/vae",
                     "models/text_encoders", "models/loras", "models/clip_vision", "models/memv2v"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
