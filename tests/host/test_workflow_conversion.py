@@ -79,3 +79,24 @@ def test_comfyui_wan_templates_convert_and_validate(host):
     assert not failures, "\n".join(failures)
     print(f"{len(validated)} Wan templates validated; refused for node types this host lacks: {refused}")
     assert len(validated) >= MIN_WAN_TEMPLATES, (validated, refused)
+
+
+def test_shipped_workflows_match_their_specs(host):
+    """workflows/*.json are generated from memv2v_cli/workflow_specs.py; converting them back gives the spec."""
+    from memv2v_cli.workflow_specs import SPECS
+
+    for spec in SPECS:
+        path = REPO_ROOT / "workflows" / f"{spec.name}.json"
+        assert path.is_file(), f"{path.name} missing: run python -m memv2v_cli.workflow_builder --url <server>"
+        converted = graph.ui_to_api(json.loads(path.read_text()), host.object_info)
+        by_title = {node["_meta"]["title"]: node for node in converted.values()}
+        for node_id, node in spec.prompt.items():
+            twin = by_title.get(node["_meta"]["title"])
+            assert twin is not None and twin["class_type"] == node["class_type"], (path.name, node_id)
+            for name, value in node["inputs"].items():
+                if isinstance(value, list):  # a link: compare by source title and slot
+                    source = spec.prompt[value[0]]["_meta"]["title"]
+                    assert converted[twin["inputs"][name][0]]["_meta"]["title"] == source, (path.name, node_id, name)
+                    assert twin["inputs"][name][1] == value[1]
+                else:
+                    assert twin["inputs"][name] == value, (path.name, node_id, name, twin["inputs"][name], value)
