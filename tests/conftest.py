@@ -1,11 +1,13 @@
 """Test-wide setup: make a CPU-only machine's CUDA torchvision importable before any test imports it."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SHIM = Path(__file__).resolve().parent.parent / "memv2v_cli" / "cpu_torchvision" / "sitecustomize.py"
 _spec = importlib.util.spec_from_file_location("memv2v_cpu_torchvision", _SHIM)
 _module = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _module
 _spec.loader.exec_module(_module)  # installs an import hook that acts only if torchvision's compiled ops cannot load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,185 @@
+"""Segments: window planning, splitting, and stitching back (bit-exact for unedited segments on real videos)."""
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from memv2v_core.segments import (BLENDS, blend_weights, check_segment_length, missing_segments, plan_segments,
+                                  source_fingerprint, split_segment, stitch)
+
+VIDEOS = (4, 7, 9, 10)  # ReCamMaster test videos: 102, 150, 93 and 100 frames
+SETTINGS = [(33, 0), (33, 8), (33, 24), (49, 16), (81, 8), (81, 24)]  # (segment length, overlap)
+
+
+@lru_cache(maxsize=None)
+def decode(path: str, width: int = 64) -> torch.Tensor:
+    """Every frame of a video at reduced size, as a ComfyUI IMAGE batch [F, H, W, 3] in 0..1 (cached per session)."""
+    import av
+
+    frames = []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            height = round(width * frame.height / frame.width / 2) * 2
+            frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+    return torch.from_numpy(np.stack(frames)).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def videos(shared_data):
+    return {number: decode(str(shared_data / "recammaster" / "videos" / f"{number}.mp4")) for number in VIDEOS}
+
+
+# -- planning -----------------------------------------------------------------------------------------------------
+
+def test_plan_of_a_93_frame_video_shifts_the_last_window_back():
+    assert plan_segments(93, 33, 8) == [(0, 33), (25, 58), (50, 83), (60, 93)]
+    assert plan_segments(93, 81, 8) == [(0, 81), (12, 93)]
+    assert plan_segments(99, 33, 0) == [(0, 33), (33, 66), (66, 99)]  # tiles exactly: nothing shifted
+    assert plan_segments(81, 81, 8) == [(0, 81)]                         # exactly one segment
+
+
+@pytest.mark.parametrize("num_frames, length, overlap",
+                         [(n, length, overlap) for n in (33, 34, 81, 93, 100, 102, 150, 401)
+                          for length, overlap in SETTINGS if n >= length])
+def test_plan_covers_every_frame_with_vae_valid_windows(num_frames, length, overlap):
+    plan = plan_segments(num_frames, length, overlap)
+    assert plan[0][0] == 0 and plan[-1][1] == num_frames
+    assert all(end - start == length and (end - start - 1) % 4 == 0 for start, end in plan)
+    for (start_a, end_a), (start_b, end_b) in zip(plan, plan[1:]):
+        assert start_a < start_b <= end_a < end_b          # in order, no gap
+        assert end_a - start_b >= overlap                  # at least the asked overlap (the last may have more)
+    assert all(end_a - start_b == overlap for (_, end_a), (start_b, _) in zip(plan[:-2], plan[1:-1]))
+
+
+def test_any_length_is_valid_with_temporal_stride_1():
+    assert plan_segments(10, 4, 1, temporal_stride=1) == [(0, 4), (3, 7), (6, 10)]
+
+
+@pytest.mark.parametrize("length, words", [(80, ["segment_length=80", "4k+1", "77", "81"]),
+                                           (32, ["segment_length=32", "29", "33"])])
+def test_a_length_the_vae_cannot_take_is_refused_with_the_nearest_valid_ones(length, words):
+    with pytest.raises(ValueError) as error:
+        check_segment_length(length)
+    assert all(word in str(error.value) for word in words)
+    with pytest.raises(ValueError, match="4k\\+1"):
+        plan_segments(200, length, 8)
+
+
+def test_an_overlap_as_long_as_the_segment_is_refused():
+    with pytest.raises(ValueError, match=r"overlap=33 must be .* less than segment_length=33"):
+        plan_segments(100, 33, 33)
+    with pytest.raises(ValueError, match="overlap=-1"):
+        plan_segments(100, 33, -1)
+
+
+def test_a_video_shorter_than_one_segment_is_refused_with_a_length_that_fits():
+    with pytest.raises(ValueError) as error:
+        plan_segments(60, 81, 8)
+    message = str(error.value)
+    assert "60 frames" in message and "segment_length=81" in message and "segment_length=57" in message
+
+
+def test_split_returns_the_window_and_refuses_an_index_past_the_end():
+    frames = torch.arange(93, dtype=torch.float32).view(93, 1, 1, 1).expand(93, 2, 2, 3)
+    part = split_segment(frames, 3, 33, 8)
+    assert (part.index, part.count, part.start, part.end) == (3, 4, 60, 93)
+    assert torch.equal(part.frames[:, 0, 0, 0], torch.arange(60, 93, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"index=4 is out of range.*4 segments, numbered 0\.\.3"):
+        split_segment(frames, 4, 33, 8)
+
+
+# -- stitching ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length, overlap", SETTINGS)
+def test_unedited_segments_stitch_back_to_the_exact_source_frames(videos, length, overlap):
+    for number, frames in videos.items():
+        plan = plan_segments(frames.shape[0], length, overlap)
+        segments = [split_segment(frames, i, length, overlap).frames.clone() for i in range(len(plan))]
+        for blend in BLENDS:
+            stitched = stitch(segments, plan, frames.shape[0], blend)
+            assert stitched.shape == frames.shape, (number, blend)
+            assert torch.equal(stitched, frames), f"video {number}, {length}/{overlap}, {blend}: not bit-exact"
+
+
+def test_blend_weights():
+    assert blend_weights(3, "linear").tolist() == [0.25, 0.5, 0.75]
+    assert blend_weights(3, "ease").tolist() == [0.15625, 0.5, 0.84375]
+    assert blend_weights(4, "cut").tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert blend_weights(3, "cut").tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="blend='fade' is not one of cut, linear, ease"):
+        blend_weights(3, "fade")
+
+
+@pytest.mark.parametrize("blend, expected", [("linear", [0.25, 0.5, 0.75]), ("ease", [0.15625, 0.5, 0.84375]),
+                                             ("cut", [0.0, 1.0, 1.0])])
+def test_the_later_segment_takes_over_across_the_overlap(blend, expected):
+    plan = plan_segments(7, 5, 3)  # (0, 5), (2, 7): frames 2, 3, 4 are shared
+    assert plan == [(0, 5), (2, 7)]
+    zeros, ones = torch.zeros(5, 2, 2, 3), torch.ones(5, 2, 2, 3)
+    out = stitch([zeros, ones], plan, 7, blend)
+    assert out[:, 0, 0, 0].tolist() == [0.0, 0.0] + expected + [1.0, 1.0]
+
+
+def test_cut_copies_each_side_of_the_overlap_exactly():
+    generator = torch.Generator().manual_seed(0)
+    plan = plan_segments(41, 33, 25)  # (0, 33), (8, 41): 25 shared frames, the cut after 12 of them
+    first, second = torch.rand(33, 4, 4, 3, generator=generator), torch.rand(33, 4, 4, 3, generator=generator)
+    out = stitch([first, second], plan, 41, "cut")
+    assert torch.equal(out[:20], first[:20]) and torch.equal(out[20:], second[12:])
+
+
+def test_frames_only_one_segment_covers_come_from_it_when_windows_overlap_threefold():
+    generator = torch.Generator().manual_seed(1)
+    plan = plan_segments(33, 9, 6)  # step 3: most frames lie in three windows
+    segments = [torch.rand(9, 2, 2, 3, generator=generator) for _ in plan]
+    for blend in BLENDS:
+        out = stitch(segments, plan, 33, blend)
+        assert torch.equal(out[:3], segments[0][:3]) and torch.equal(out[-3:], segments[-1][-3:])
+        assert out.min() >= 0 and out.max() <= 1  # cross-fades stay within the segments' range
+
+
+def test_missing_segments_are_listed_or_filled_from_the_source():
+    source = torch.rand(93, 8, 8, 3, generator=torch.Generator().manual_seed(2))
+    plan = plan_segments(93, 33, 8)
+    segments = [source[s:e].clone() for s, e in plan]
+    segments[1] = segments[3] = None
+    assert missing_segments(segments) == [1, 3]
+    with pytest.raises(ValueError, match=r"segments 1, 3 \(of 4, numbered from 0\) are missing"):
+        stitch(segments, plan, 93)
+    for blend in BLENDS:
+        assert torch.equal(stitch(segments, plan, 93, blend, fill=source), source)
+
+
+def test_a_source_of_another_resolution_is_resized_to_fill_missing_segments():
+    edited = [torch.full((5, 4, 6, 3), 0.5), None]
+    source = torch.rand(7, 8, 12, 3, generator=torch.Generator().manual_seed(3))
+    out = stitch(edited, [(0, 5), (2, 7)], 7, "cut", fill=source)
+    assert out.shape == (7, 4, 6, 3)
+    assert torch.equal(out[:3], edited[0][:3])
+    assert torch.allclose(out[5:], source[5:].view(2, 4, 2, 6, 2, 3).mean((2, 4)), atol=1e-6)  # 2x2 area average
+
+
+def test_stitch_refuses_segments_that_do_not_fit_their_windows():
+    plan = [(0, 5), (2, 7)]
+    with pytest.raises(ValueError, match=r"segment 1 has shape \[4, 2, 2, 3\] but window 2\.\.7 needs \[5, 2, 2, 3\]"):
+        stitch([torch.zeros(5, 2, 2, 3), torch.zeros(4, 2, 2, 3)], plan, 7)
+    with pytest.raises(ValueError, match="segment 1 has shape"):
+        stitch([torch.zeros(5, 2, 2, 3), torch.zeros(5, 3, 2, 3)], plan, 7)
+    with pytest.raises(ValueError, match="got 1 segments for a plan of 2 windows"):
+        stitch([torch.zeros(5, 2, 2, 3)], plan, 7)
+    with pytest.raises(ValueError, match=r"not valid for a 8-frame video \(it spans 0\.\.7"):
+        stitch([torch.zeros(5, 2, 2, 3)] * 2, plan, 8)
+    with pytest.raises(ValueError, match=r"window 4\.\.9 does not follow 0\.\.3"):
+        stitch([torch.zeros(3, 2, 2, 3), torch.zeros(5, 2, 2, 3)], [(0, 3), (4, 9)], 9)
+
+
+def test_source_fingerprint_tells_videos_apart(videos):
+    ids = {number: source_fingerprint(frames) for number, frames in videos.items()}
+    assert len(set(ids.values())) == len(VIDEOS)
+    assert source_fingerprint(videos[4].clone()) == ids[4]
+    assert source_fingerprint(videos[4][:-1]) != ids[4]
+    assert all(i.startswith("src-") and len(i) == 16 for i in ids.values())
