@@ -1,0 +1,304 @@
+"""Memory bank nodes: load (or create) a bank, add a generation to it, save a copy, and inspect it.
+
+Glue only: names and ComfyUI types in, ``memv2v_core.bank`` calls, a one-line summary out.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime
+
+from comfy_api.latest import io
+
+from ..memv2v_core.bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
+                                latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
+from ..memv2v_core.contact_sheet import LatentPreview, contact_sheet
+from .paths import banks_root
+from .socket_types import Bank, Camera, Selection
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "MemoryV2V/bank"
+BANK_NAME_TOOLTIP = ("Name of the memory bank: a folder under ComfyUI's output/memory_banks. One bank per scene and "
+                     "base-model family. Letters, digits, spaces, '-', '_' and '.'; at most 64 characters.")
+
+
+def _bank_dir(name: str, input_name: str = "name"):
+    try:
+        return safe_bank_dir(banks_root(), name)
+    except ValueError as error:
+        raise ValueError(f"{input_name}: {error}") from None
+
+
+def _summary(bank: MemoryBank) -> str:
+    problems = len(bank.problems)
+    return (f"'{bank.name}': {len(bank)} entries ({bank.latent_format or 'empty'})"
+            + (f", {problems} damaged (see the log)" if problems else ""))
+
+
+class BankLoad(io.ComfyNode):
+    """Open a memory bank by name, creating it when missing; re-runs whenever the bank changes on disk."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemV2V_BankLoad",
+            display_name="Memory-V2V Bank Load",
+            category=CATEGORY,
+            description="Opens the memory bank with this name (an empty one is created if it does not exist yet). "
+                        "The bank keeps every generation between turns; this node runs again whenever the bank "
+                        "changes on disk, so retrieval always sees the latest entries.",
+            inputs=[
+                io.String.Input("name", default="default", tooltip=BANK_NAME_TOOLTIP),
+                io.Boolean.Input("rebuild_manifest", default=False, optional=True,
+                                 tooltip="Only when the bank reports a damaged manifest: rebuild it from the entry "
+                                         "files (the damaged manifest is kept beside it). Leave off otherwise."),
+            ],
+            outputs=[Bank.Output(display_name="bank", tooltip="The opened memory bank, for retrieval and Bank Add.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None, rebuild_manifest=None):
+        if isinstance(name, str):  # a linked name arrives at run time and is checked then
+            try:
+                _bank_dir(name)
+            except ValueError as error:
+                return str(error)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, name=None, rebuild_manifest=None):
+        if not isinstance(name, str):
+            return float("nan")  # name comes from a link: always re-run
+        try:
+            return f"{name}:{read_revision(_bank_dir(name))}"
+        except ValueError:
+            return f"invalid:{name}"
+
+    @classmethod
+    def execute(cls, name: str, rebuild_manifest: bool = False) -> io.NodeOutput:
+        path = _bank_dir(name)
+        try:
+            bank = MemoryBank.open(path, create=True)
+        except NewerSchemaError as error:
+            raise ValueError(f"name: bank '{name}': {error}") from None
+        except OSError as error:  # e.g. the name belongs to a file, or the folder cannot be created
+            raise ValueError(f"name: bank '{name}' cannot be opened or created: {error}") from None
+        except BankFormatError as error:
+            if not rebuild_manifest:
+                raise ValueError(f"name: bank '{name}' cannot be opened: {error} To rebuild it, turn on "
+                                 "'rebuild_manifest' and queue again.") from None
+            logger.warning("Memory-V2V: rebuilding the manifest of bank '%s' (%s)", name, error)
+            bank = MemoryBank.recover(path)
+        return io.NodeOutput(bank, ui={"text": [_summary(bank)]})
+
+
+def _latent_format(samples: dict, model) -> str:
+    """The latent's format: from the LATENT itself, else the model's latent_format class, else its channel count."""
+    model_format = None
+    if model is not None:
+        latent_format = getattr(getattr(model, "model", None), "latent_format", None)
+        model_format = normalize_latent_format(latent_format) if latent_format is not None else None
+    given = samples.get("latent_format")
+    if given is not None:
+        fmt = normalize_latent_format(given)
+        if model_format is not None:
+            check_latent_format(fmt, model_format, "MemV2V_BankAdd (inputs samples and model)")
+        return fmt
+    if model_format is not None:
+        return model_format
+    channels = samples["samples"].shape[-4] if samples["samples"].ndim >= 4 else -1
+    fmt = latent_format_for_channels(channels)
+    if fmt is None:
+        raise ValueError(f"samples: cannot tell the latent format of a {channels}-channel latent; connect the "
+                         "'model' input so the bank can record which VAE family made it")
+    return fmt
+
+
+def _model_identity(model) -> str | None:
+    """A readable identity of the base model: its config class and size, e.g. WAN21_T2V(dim=1536, num_layers=30)."""
+    if model is None:
+        return None
+    inner = getattr(model, "model", None)
+    config = getattr(inner, "model_config", None)
+    unet = getattr(config, "unet_config", None) or {}
+    details = ", ".join(f"{k}={unet[k]}" for k in ("model_type", "dim", "num_layers", "in_dim") if k in unet)
+    return f"{type(config or inner).__name__}({details})"
+
+
+class BankAdd(io.ComfyNode):
+    """Store a generated latent (with its camera, prompt and provenance) in the bank; saved before it returns."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemV2V_BankAdd",
+            display_name="Memory-V2V Bank Add",
+            category=CATEGORY,
+            description="Adds this turn's result to the memory bank: the latent, its camera trajectory, prompt, "
+                        "seed and the entries it was made from. The entry is safely on disk when the node finishes. "
+                        "Adding the same result twice stores it once.",
+            is_output_node=True,
+            inputs=[
+                Bank.Input("bank", tooltip="The memory bank to add to (from Memory-V2V Bank Load)."),
+                io.Latent.Input("samples", tooltip="The generated latent to remember (e.g. the sampler's output)."),
+                Camera.Input("camera", optional=True,
+                             tooltip="The camera trajectory the latent was generated with; FOV retrieval needs it."),
+                io.String.Input("prompt", default="", multiline=True, optional=True,
+                                tooltip="The prompt or edit instruction of this turn, kept for auditing."),
+                io.Int.Input("segment_index", default=-1, min=-1, max=1_000_000, optional=True,
+                             tooltip="For long-video editing: which source segment this is (-1: not a segment)."),
+                io.String.Input("source_id", default="", optional=True,
+                                tooltip="For editing: a name for the source video, so segments of different "
+                                        "videos stay apart (empty: none)."),
+                Selection.Input("parents", optional=True,
+                                tooltip="The retrieved memories this turn was conditioned on, kept as provenance."),
+                io.Model.Input("model", optional=True,
+                               tooltip="The base model that made the latent: its identity and latent format are "
+                                       "recorded, and a latent from a different VAE family is refused."),
+                io.Image.Input("keyframes", optional=True,
+                               tooltip="Optional keyframes of the result (IMAGE); kept for keyframe memory and "
+                                       "shown by Bank Inspect."),
+                io.Int.Input("seed", default=-1, min=-1, max=0xFFFFFFFFFFFFFFFF, optional=True,
+                             tooltip="The sampler's seed, to replay this turn later (-1: not recorded)."),
+            ],
+            outputs=[
+                Bank.Output(display_name="bank", tooltip="The same bank, now holding the new entry."),
+                io.String.Output(display_name="entry_id", tooltip="The id of the stored (or already present) entry."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, bank: MemoryBank, samples: dict, camera=None, prompt: str = "", segment_index: int = -1,
+                source_id: str = "", parents=None, model=None, keyframes=None, seed: int = -1) -> io.NodeOutput:
+        if not isinstance(samples, dict) or not hasattr(samples.get("samples"), "shape"):
+            raise ValueError("samples: expected a LATENT (a dict holding a 'samples' tensor); connect a sampler's "
+                             "or VAE Encode's LATENT output")
+        c2w = intrinsics = None
+        if camera is not None:
+            c2w = getattr(camera, "c2w", camera)
+            intrinsics = getattr(camera, "intrinsics", None)
+            if intrinsics is not None and getattr(intrinsics, "ndim", 0) not in (2, 3):
+                intrinsics = None  # not a [3,3] / [F,3,3] matrix (e.g. normalised numbers): the trajectory has it
+        latent_format = _latent_format(samples, model)  # its errors already name the inputs
+        before = len(bank)
+        try:
+            entry_id = bank.add(
+                samples["samples"], latent_format=latent_format, camera=c2w, intrinsics=intrinsics,
+                keyframes=keyframes, prompt=prompt or "", segment_index=None if segment_index < 0 else segment_index,
+                parents=list(parents.entry_ids) if parents is not None else [], source_id=source_id or None,
+                seed=None if seed < 0 else seed, model=_model_identity(model))
+        except ValueError as error:
+            raise ValueError(f"{_input_for(str(error))}: {error}") from None
+        entry = bank.entry(entry_id)
+        shape = f"{entry.latent_format} {'x'.join(map(str, entry.latent_shape))}"
+        if len(bank) > before:
+            text = f"added {entry_id} to '{bank.name}' as turn {entry.turn} ({shape}); {len(bank)} entries"
+        else:
+            text = f"already in '{bank.name}' as {entry_id} (turn {entry.turn}); not stored twice"
+        return io.NodeOutput(bank, entry_id, ui={"text": [text]})
+
+
+# The core names its arguments in error messages; say which node input they came from.
+_INPUT_OF_FIELD = {"latent": "samples", "latent_format": "samples/model", "camera": "camera", "intrinsics": "camera",
+                   "keyframes": "keyframes", "prompt": "prompt", "segment_index": "segment_index",
+                   "source_id": "source_id", "parents": "parents", "seed": "seed", "model": "model"}
+
+
+def _input_for(message: str) -> str:
+    first = message.split(" ", 1)[0].rstrip(":")
+    return _INPUT_OF_FIELD.get(first, "bank")
+
+
+class BankSave(io.ComfyNode):
+    """Write a consistent copy of the bank under a new name (a snapshot or a backup)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemV2V_BankSave",
+            display_name="Memory-V2V Bank Save",
+            category=CATEGORY,
+            description="Writes a consistent copy of the bank (every healthy entry, as one snapshot) to a new bank "
+                        "folder, e.g. before trying something risky. The copy loads with Bank Load; nothing existing "
+                        "is ever overwritten. Banks are already saved entry by entry by Bank Add.",
+            is_output_node=True,
+            inputs=[
+                Bank.Input("bank", tooltip="The memory bank to copy."),
+                io.String.Input("copy_name", default="", optional=True,
+                                tooltip="Name of the new bank; empty: '<bank>-copy-<date>-<time>'. Must not exist."),
+                io.Boolean.Input("include_cache", default=True, optional=True,
+                                 tooltip="Also copy derived data such as cached FOV masks (recomputable)."),
+            ],
+            outputs=[io.String.Output(display_name="copy_name", tooltip="The name of the copy, for Bank Load.")],
+        )
+
+    @classmethod
+    def execute(cls, bank: MemoryBank, copy_name: str = "", include_cache: bool = True) -> io.NodeOutput:
+        name = copy_name or f"{bank.name[:43].rstrip(' .')}-copy-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        dest = _bank_dir(name, "copy_name")
+        try:
+            copy = bank.export(dest, include_cache=include_cache)
+        except FileExistsError as error:
+            raise ValueError(f"copy_name: {error}; leave it empty for an automatic name") from None
+        return io.NodeOutput(name, ui={"text": [f"copied {_summary(copy)} to {dest}"]})
+
+
+@functools.lru_cache(maxsize=1)
+def _previews() -> dict[str, LatentPreview]:
+    """Latent->RGB factors of every ComfyUI latent format that has them, keyed by lower-case class name."""
+    import comfy.latent_formats as formats
+
+    previews = {}
+    for name, kind in vars(formats).items():
+        if isinstance(kind, type) and issubclass(kind, formats.LatentFormat) and kind is not formats.LatentFormat:
+            try:
+                fmt = kind()
+            except Exception:  # noqa: BLE001 - a format that cannot be built without arguments has no preview here
+                continue
+            if getattr(fmt, "latent_rgb_factors", None) is None:
+                continue
+            mean, std = getattr(fmt, "latents_mean", None), getattr(fmt, "latents_std", None)
+            previews[name.lower()] = LatentPreview.from_values(
+                fmt.latent_rgb_factors, getattr(fmt, "latent_rgb_factors_bias", None),
+                mean if std is not None else None, std if mean is not None else None,
+                getattr(fmt, "scale_factor", 1.0) if mean is not None else 1.0)
+    return previews
+
+
+class BankInspect(io.ComfyNode):
+    """Show what the bank holds: a contact sheet (one row per entry) and a table of every entry's record."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemV2V_BankInspect",
+            display_name="Memory-V2V Bank Inspect",
+            category=CATEGORY,
+            description="Draws a contact sheet of the newest entries (thumbnails decoded cheaply from the latent, or "
+                        "stored keyframes), numbered like the rows of the text table beside it (id, turn, camera, "
+                        "parents, seed, prompt). Damaged entries are listed by file.",
+            inputs=[
+                Bank.Input("bank", tooltip="The memory bank to show."),
+                io.Int.Input("max_entries", default=12, min=1, max=64,
+                             tooltip="How many of the newest entries get a row."),
+                io.Int.Input("frames", default=6, min=1, max=16, tooltip="Thumbnails per entry, spread over time."),
+                io.Int.Input("thumb_height", default=60, min=16, max=256,
+                             tooltip="Thumbnail height in pixels (Wan 2.1 latents of 480p video are 60 high)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="contact_sheet", tooltip="One row of thumbnails per entry, numbered."),
+                io.String.Output(display_name="table", tooltip="One line per entry; '#' matches the sheet's numbers."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, bank: MemoryBank, max_entries: int = 12, frames: int = 6, thumb_height: int = 60) -> io.NodeOutput:
+        bank.refresh()
+        bank.verify()  # reads only headers: damaged entries are listed rather than drawn
+        sheet = contact_sheet(bank, _previews(), max_entries=max_entries, frames=frames, thumb_height=thumb_height)
+        return io.NodeOutput(sheet.image, sheet.table, ui={"text": [_summary(bank)]})
+
+
+NODES = [BankLoad, BankAdd, BankSave, BankInspect]
