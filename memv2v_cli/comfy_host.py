@@ -198,7 +198,7 @@ class ComfyClient:
                     if kind in ("execution_success", "execution_error", "execution_interrupted"):
                         status = kind
                         break
-        history = (await asyncio.to_thread(self.get_json, f"/history/{prompt_id}")).get(prompt_id, {})
+        history = await asyncio.to_thread(self._final_history, prompt_id, start + timeout)
         result = PromptResult(prompt_id, status, history.get("outputs", {}), messages, time.monotonic() - start)
         if status != "execution_success":
             error = next((p for k, p in messages if k == "execution_error"), {})
@@ -206,6 +206,17 @@ class ComfyClient:
                       if error else "interrupted")
             raise PromptFailed(f"prompt {prompt_id} ended with {status}: {detail}", result)
         return result
+
+
+    def _final_history(self, prompt_id: str, deadline: float) -> dict:
+        """The prompt's history entry; the server writes it just after the websocket's final message, so wait for it."""
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry and (entry.get("status") or {}).get("completed") is not None:
+                return entry
+            if time.monotonic() > deadline:
+                return entry or {}
+            time.sleep(0.05)
 
 
 class ComfyServer:

@@ -15,7 +15,7 @@ from ..memv2v_core.bank import (BankFormatError, MemoryBank, NewerSchemaError, c
                                 latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
 from ..memv2v_core.contact_sheet import LatentPreview, contact_sheet
 from .paths import banks_root
-from .socket_types import Bank, Camera, Selection
+from .socket_types import Bank, Camera, Descriptor, Selection
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,10 @@ class BankAdd(io.ComfyNode):
                                        "shown by Bank Inspect."),
                 io.Int.Input("seed", default=-1, min=-1, max=0xFFFFFFFFFFFFFFFF, optional=True,
                              tooltip="The sampler's seed, to replay this turn later (-1: not recorded)."),
+                Descriptor.Input("descriptor", optional=True,
+                                 tooltip="For long-video editing: the source segment's descriptor from Segment "
+                                         "Retrieve, so later segments can find this one. It also fills "
+                                         "segment_index and source_id when those are left empty."),
             ],
             outputs=[
                 Bank.Output(display_name="bank", tooltip="The same bank, now holding the new entry."),
@@ -171,7 +175,8 @@ class BankAdd(io.ComfyNode):
 
     @classmethod
     def execute(cls, bank: MemoryBank, samples: dict, camera=None, prompt: str = "", segment_index: int = -1,
-                source_id: str = "", parents=None, model=None, keyframes=None, seed: int = -1) -> io.NodeOutput:
+                source_id: str = "", parents=None, model=None, keyframes=None, seed: int = -1,
+                descriptor=None) -> io.NodeOutput:
         if not isinstance(samples, dict) or not hasattr(samples.get("samples"), "shape"):
             raise ValueError("samples: expected a LATENT (a dict holding a 'samples' tensor); connect a sampler's "
                              "or VAE Encode's LATENT output")
@@ -182,13 +187,19 @@ class BankAdd(io.ComfyNode):
             if intrinsics is not None and getattr(intrinsics, "ndim", 0) not in (2, 3):
                 intrinsics = None  # not a [3,3] / [F,3,3] matrix (e.g. normalised numbers): the trajectory has it
         latent_format = _latent_format(samples, model)  # its errors already name the inputs
+        vector = extra = None
+        if descriptor is not None:
+            vector, extra = descriptor.vector, {"embedder": descriptor.embedder}
+            if segment_index < 0 and descriptor.segment_index is not None:
+                segment_index = descriptor.segment_index
+            source_id = source_id or descriptor.source_id or ""
         before = len(bank)
         try:
             entry_id = bank.add(
                 samples["samples"], latent_format=latent_format, camera=c2w, intrinsics=intrinsics,
                 keyframes=keyframes, prompt=prompt or "", segment_index=None if segment_index < 0 else segment_index,
                 parents=list(parents.entry_ids) if parents is not None else [], source_id=source_id or None,
-                seed=None if seed < 0 else seed, model=_model_identity(model))
+                seed=None if seed < 0 else seed, model=_model_identity(model), descriptor=vector, extra=extra)
         except ValueError as error:
             raise ValueError(f"{_input_for(str(error))}: {error}") from None
         entry = bank.entry(entry_id)
@@ -203,7 +214,8 @@ class BankAdd(io.ComfyNode):
 # The core names its arguments in error messages; say which node input they came from.
 _INPUT_OF_FIELD = {"latent": "samples", "latent_format": "samples/model", "camera": "camera", "intrinsics": "camera",
                    "keyframes": "keyframes", "prompt": "prompt", "segment_index": "segment_index",
-                   "source_id": "source_id", "parents": "parents", "seed": "seed", "model": "model"}
+                   "source_id": "source_id", "parents": "parents", "seed": "seed", "model": "model",
+                   "descriptor": "descriptor"}
 
 
 def _input_for(message: str) -> str:

@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 CATEGORY = "MemoryV2V/retrieval"
 BUILTIN = "(built-in colour histogram, no weights)"
 DEFAULT_ARCHITECTURE = "ViT-B-32"
-# The socket type Bank Add takes the descriptor on; defined here until socket_types declares it.
-Descriptor = socket_types.Descriptor
+Descriptor = socket_types.Descriptor  # what Bank Add stores with an edited segment
 
 
 @functools.lru_cache(maxsize=1)
