@@ -47,12 +47,17 @@ class ContextStream:
 
 @dataclass(frozen=True, eq=False)
 class MemoryContext:
-    """The conditioning of one generation: mode ("nvs", "edit", "story"), target frame count and ordered streams."""
+    """The conditioning of one generation: mode ("nvs", "edit", "story"), target frame count and ordered streams.
+
+    ``latent_format`` names the VAE family of the stored latents (e.g. "wan21"), so a mismatching model can be refused
+    before sampling; None when unknown.
+    """
 
     mode: str
     target_frames: int
     streams: tuple[ContextStream, ...]
     plan: KernelPlan = field(default_factory=KernelPlan)
+    latent_format: str | None = None
 
     @property
     def memory_count(self) -> int:
@@ -85,13 +90,14 @@ def build_context(
     *,
     reverse_memory: bool = True,
     story_gap: float = DEFAULT_STORY_GAP,
+    latent_format: str | None = None,
 ) -> MemoryContext:
     """Apply ranks -> kernels and mode -> temporal ids to the user latent and the ranked memories (best first).
 
     ``memories`` holds (entry_id, latent, score, camera) tuples in retrieval order. In mode "edit" the first memory is
     the immediately previous segment. ``target_frames`` defaults to the user latent's frame count. In mode "story" the
     default plan gives OneStory-style importance kernels; StoryMem's full-resolution keyframes need
-    ``KernelPlan(fine=(1, 2, 2), coarse=(1, 2, 2))``.
+    ``KernelPlan(fine=(1, 2, 2), coarse=(1, 2, 2))``. ``latent_format`` is recorded on the context as given.
     """
     plan = plan or KernelPlan()
     if mode not in MODES:
@@ -135,7 +141,7 @@ def build_context(
         ContextStream(role, entry_id, latent, kernel, stream_ids, rank, score, camera)
         for role, (entry_id, latent, score, camera, rank, kernel), stream_ids in zip(roles, entries, ids.streams)
     )
-    return MemoryContext(mode, target_frames, streams, plan)
+    return MemoryContext(mode, target_frames, streams, plan, latent_format)
 
 
 @dataclass(frozen=True)

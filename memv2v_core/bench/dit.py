@@ -1,14 +1,19 @@
 """DiT cost of memory: dynamic tokenization vs naive 1x2x2 memory, and the extra saving of token merging.
 
 Part (a): exact matmul FLOPs of Wan2.1-1.3B at 480x832x81 (latent 21x60x104), memory tokens counted through every
-block, merges replayed with the runtime merge planner. Part (b): CPU step timings with a real model (added separately).
-Run: ``python -m memv2v_core.bench dit [--memories 6 10] [--seeds 16] [--skip-timings]``.
+block, merges replayed with the runtime merge planner. Part (b): CPU step times of a small real ComfyUI WanModel with
+and without memory, run in ComfyUI's Python as a subprocess (skipped with the reason when no ComfyUI is found).
+Run: ``python -m memv2v_core.bench dit [--memories 6 10] [--seeds 16] [--skip-timings] [--reps 12]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -182,13 +187,61 @@ def part_a(memory_counts: list[int], seeds: int, shape: DiTShape = WAN21_1_3B) -
     return results
 
 
+TIMING_TARGETS = (  # (key, limit, "max" = at most / "min" = at least, what it means)
+    ("cpu_step_ratio_6_vs_none", 1.6, "max", "step time with 6 memories vs user video only (plain ReCamMaster)"),
+    ("cpu_speedup_vs_naive_6", 2.5, "min", "speed-up of dynamic + merged memory over naive all-1x2x2 memory"),
+    ("empty_overhead", 0.03, "max", "extra step time of the patch with an empty memory"),
+)
+STEP_SCRIPT = "memv2v_cli.bench_dit_steps"  # runs inside ComfyUI's Python; this library never imports comfy
+
+
+def find_comfyui() -> tuple[Path | None, str]:
+    """A ComfyUI checkout from $COMFYUI_PATH, else ~/comfy/ComfyUI; None and the places looked at otherwise."""
+    candidates = [Path(os.environ["COMFYUI_PATH"]).expanduser()] if os.environ.get("COMFYUI_PATH") else []
+    candidates.append(Path("~/comfy/ComfyUI").expanduser())
+    for path in candidates:
+        if (path / "main.py").is_file() and (path / "comfy").is_dir():
+            return path, str(path)
+    return None, ", ".join(str(p) for p in candidates)
+
+
 def part_b_cpu_timings(args: argparse.Namespace) -> dict[str, float] | None:
-    """CPU step timings with a real Wan model: skipped until a real model is wired in (the lead adds this part)."""
+    """CPU step timings of a real ComfyUI WanModel (run as a subprocess in ComfyUI's Python), with the targets."""
     if args.skip_timings:
         print("(b) CPU step timings: skipped (--skip-timings).")
-    else:
-        print("(b) CPU step timings: skipped (no real Wan model is wired into this benchmark yet).")
-    return None
+        return None
+    comfyui, where = find_comfyui()
+    repo = Path(__file__).resolve().parents[2]
+    if comfyui is None:
+        print(f"(b) CPU step timings: skipped, no ComfyUI found (looked at {where}); set COMFYUI_PATH to a checkout.")
+        return None
+    if not (repo / (STEP_SCRIPT.replace(".", "/") + ".py")).is_file():
+        print(f"(b) CPU step timings: skipped, {STEP_SCRIPT} is not beside this library (run it from the pack's "
+              "checkout).")
+        return None
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    command = [sys.executable, "-m", STEP_SCRIPT, "--comfyui", str(comfyui), "--threads", str(threads),
+               "--reps", str(args.reps), *args.timing_args]
+    print(f"(b) CPU step timings with a real ComfyUI WanModel ({comfyui}): {' '.join(command[1:])}")
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        print(f"    failed with exit code {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return None
+    print("\n".join(lines[:-1]))
+    measured = json.loads(lines[-1])
+    timings = {key: value for key, value in measured.items() if not key.startswith("step_ms_")}
+    for key, limit, kind, meaning in TIMING_TARGETS:
+        value = timings.get(key)
+        if value is None:
+            print(f"    {key}: not measured ({meaning})")
+            continue
+        met = value <= limit if kind == "max" else value >= limit
+        shown = f"{value:+.1%}" if key == "empty_overhead" else f"{value:.2f}x"
+        bound = f"{limit:.0%}" if key == "empty_overhead" else f"{limit}x"
+        print(f"    {meaning}: {shown} (target {'at most' if kind == 'max' else 'at least'} {bound}) -> "
+              f"{'met' if met else 'NOT MET'}")
+    return timings
 
 
 def main(argv: list[str]) -> int:
@@ -196,6 +249,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memories", type=int, nargs="+", default=[6, 10], help="memory counts to compare")
     parser.add_argument("--seeds", type=int, default=16, help="random rankings averaged per scenario")
     parser.add_argument("--skip-timings", action="store_true", help="skip part (b), the CPU step timings")
+    parser.add_argument("--reps", type=int, default=12, help="part (b): timed repetitions per configuration")
+    parser.add_argument("timing_args", nargs="*", help="part (b): further options for memv2v_cli.bench_dit_steps "
+                        "(after --), e.g. -- --attention comfy-cpu-default")
     args = parser.parse_args(argv)
     results = part_a(args.memories, args.seeds)
     print()
