@@ -54,4 +54,10 @@ def t2v_bank_turns() -> WorkflowSpec:
     return WorkflowSpec("memv2v_t2v_bank_turns", prompt, notes, groups)
 
 
-SPECS = [t2v_bank_turns()]
+def _all_specs() -> list[WorkflowSpec]:
+    from . import workflow_specs_edit, workflow_specs_nvs
+
+    return [t2v_bank_turns(), *workflow_specs_nvs.specs(), *workflow_specs_edit.specs()]
+
+
+SPECS = _all_specs()
