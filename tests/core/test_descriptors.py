@@ -3,11 +3,12 @@ returns to an earlier scene."""
 
 import logging
 import math
-from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
+
+from video_frames import decode
 
 from memv2v_core.bank import MemoryBank
 from memv2v_core.descriptors import (SegmentDescriptor, describe_segment, format_segment_scores, rank_segments,
@@ -16,23 +17,6 @@ from memv2v_core.embedders import ColorHistogramEmbedder
 from memv2v_core.segments import plan_segments, split_segment
 
 logger = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=None)
-def decode(path: str, max_frames: int, width: int = 96) -> torch.Tensor:
-    """The first ``max_frames`` frames of a video at reduced size, as an IMAGE batch (cached per session)."""
-    import av
-
-    frames = []
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            height = round(width * frame.height / frame.width / 2) * 2
-            frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-            if len(frames) == max_frames:
-                break
-    return torch.from_numpy(np.stack(frames)).float() / 255.0
 
 
 def unit(*values) -> torch.Tensor:
@@ -172,7 +156,7 @@ def test_a_missing_previous_segment_is_noted(bank):
 def test_the_segment_of_the_same_scene_ranks_right_after_the_previous_one(shared_data, bank):
     """Segments: video 4 (street), 9 (corridor), 10 (office), 7 (desert), then video 4 again."""
     folder = shared_data / "recammaster" / "videos"
-    clip = {n: decode(str(folder / f"{n}.mp4"), 93 if n == 4 else 33) for n in (4, 9, 10, 7)}
+    clip = {n: decode(str(folder / f"{n}.mp4"), 96, 93 if n == 4 else 33) for n in (4, 9, 10, 7)}
     video = torch.cat([clip[4][:33], clip[9][:33], clip[10][:33], clip[7][:33], clip[4][60:93]])
     plan = plan_segments(video.shape[0], 33, 0)
     assert len(plan) == 5

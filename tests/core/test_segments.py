@@ -1,31 +1,16 @@
 """Segments: window planning, splitting, and stitching back (bit-exact for unedited segments on real videos)."""
 
-from functools import lru_cache
-
 import numpy as np
 import pytest
 import torch
+
+from video_frames import decode
 
 from memv2v_core.segments import (BLENDS, blend_weights, check_segment_length, missing_segments, plan_segments,
                                   source_fingerprint, split_segment, stitch)
 
 VIDEOS = (4, 7, 9, 10)  # ReCamMaster test videos: 102, 150, 93 and 100 frames
 SETTINGS = [(33, 0), (33, 8), (33, 24), (49, 16), (81, 8), (81, 24)]  # (segment length, overlap)
-
-
-@lru_cache(maxsize=None)
-def decode(path: str, width: int = 64) -> torch.Tensor:
-    """Every frame of a video at reduced size, as a ComfyUI IMAGE batch [F, H, W, 3] in 0..1 (cached per session)."""
-    import av
-
-    frames = []
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            height = round(width * frame.height / frame.width / 2) * 2
-            frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
-    return torch.from_numpy(np.stack(frames)).float() / 255.0
 
 
 @pytest.fixture(scope="module")
