@@ -21,7 +21,7 @@ from . import comfy_host, graph
 logger = logging.getLogger(__name__)
 
 WORKFLOWS_DIR = comfy_host.PACK_ROOT / "workflows"
-DEFAULT_WORKFLOW = "memv2v_t2v_bank_turns"
+DEFAULT_WORKFLOW = "memv2v_multiturn_nvs"
 
 # Inputs that name model files; a value missing from the server's list means the user has not got that model.
 MODEL_INPUTS = {"unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2", "ckpt_name", "lora_name",
@@ -35,7 +35,11 @@ DEMO_SIZES = {
     "KSampler": {"steps": 3},
     "KSamplerAdvanced": {"steps": 3},
     "BasicScheduler": {"steps": 3},
+    "ImageFromBatch": {"length": 5},
+    "MemV2V_CameraPreset": {"frames": 5},
 }
+# The demo video lives in this folder of the demo asset cache, and the tiny ReCamMaster-layout checkpoint next to it.
+DEMO_CAMERA_CHECKPOINT = "recammaster_ckpt"
 BANNER = ("DEMO MODE: tiny randomly initialised models on a private ComfyUI; the pictures are noise by design. "
           "Install the workflow's models to get real results.")
 
@@ -87,10 +91,16 @@ def missing_models(prompt: dict, object_info: dict) -> list[str]:
 def to_demo(prompt: dict, assets: dict[str, str]) -> dict:
     """Swap real models for the demo ones, text encoders for demo conditioning, and shrink sizes and steps."""
     prompt = json.loads(json.dumps(prompt))
+    # A graph that loads camera modules needs a DiT with them: the tiny ReCamMaster-layout checkpoint feeds both.
+    camera_ckpt = assets.get(DEMO_CAMERA_CHECKPOINT)
+    with_modules = camera_ckpt is not None and any(n["class_type"] == "MemV2V_LoadModules" for n in prompt.values())
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "UNETLoader":
-            inputs.update(unet_name=Path(assets["dit"]).name, weight_dtype="default")
+            dit = camera_ckpt if with_modules else assets["dit"]
+            inputs.update(unet_name=Path(dit).name, weight_dtype="default")
+        elif kind == "MemV2V_LoadModules" and camera_ckpt is not None:
+            inputs["checkpoint"] = Path(camera_ckpt).name
         elif kind == "VAELoader":
             inputs["vae_name"] = Path(assets["vae"]).name
         elif kind == "CLIPTextEncode":
@@ -197,10 +207,18 @@ def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None
     if done.returncode != 0:
         raise RuntimeError(f"building the demo models failed:\n{done.stderr[-3000:]}")
     assets = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_checkpoints", "--comfyui", str(comfyui), "--out",
+                           str(cache)], cwd=comfy_host.PACK_ROOT, env=comfy_host.subprocess_env(), capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the demo ReCamMaster / Memory-V2V checkpoints failed:\n{done.stderr[-3000:]}")
+    assets.update(json.loads(done.stdout.strip().splitlines()[-1]))
     server = comfy_host.ComfyServer(comfyui, base_dir)
     server.install_custom_node(comfy_host.PACK_ROOT, comfy_host.PACK_NAME)
     server.install_custom_node(comfy_host.PACK_ROOT / "memv2v_cli" / "demo_nodes", "memv2v_demo")
     server.add_model("diffusion_models", Path(assets["dit"]))
+    for key in ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors"):
+        server.add_model("diffusion_models", Path(assets[key]))
     server.add_model("vae", Path(assets["vae"]))
     shutil.copy(assets["video"], server.base_dir / "input" / Path(assets["video"]).name)
     return server, assets

@@ -13,8 +13,9 @@ from ..memv2v_core.context import MemoryContext, TokenBudget, build_context, con
 from ..memv2v_core.positions import DEFAULT_STORY_GAP, MODES
 from ..memv2v_core.stream import PAPER_MERGE_BLOCKS
 from ..memv2v_core.tokenize import KernelPlan
+from .camera_patch import apply_camera, check_camera_inputs
 from .memory_patch import MERGE_CHOICES, MemoryCall, apply_memory, learned_weights, merge_settings, wan_diffusion_model
-from .socket_types import Context, Modules, Selection
+from .socket_types import Camera, Context, Modules, Selection
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,15 @@ class DynamicTokenize(io.ComfyNode):
         return io.NodeOutput(context, text, ui={"text": [text]})
 
 
-def _apply_summary(context: MemoryContext, merge) -> str:
+def _apply_summary(context: MemoryContext, merge, modules=None, camera=None) -> str:
     tokens = context_layout(context).num_tokens
     merging = ("merging off" if merge is None else
                f"{merge.mode} {merge.ratio:.0%} of memory frames ({merge.factor}x{merge.factor}) at the input of "
                f"blocks {','.join(map(str, merge.blocks)) or 'none'}")
-    return f"memory: {len(context.streams)} streams, {tokens:,} tokens; {merging}"
+    text = f"memory: {len(context.streams)} streams, {tokens:,} tokens; {merging}"
+    if camera is not None and getattr(modules, "camera", None):
+        text += f"\ncamera: {camera.name or 'target'} on {len(modules.camera)} block(s), one trajectory per video"
+    return text
 
 
 def _describe_call(call: MemoryCall) -> str:
@@ -176,15 +180,23 @@ def _log_call(call: MemoryCall) -> None:
                   [event.frames for event in call.state.events])
 
 
-def patch_model(model, context, merge_blocks: str, merge_ratio: float, merge_mode: str, modules=None, observer=None):
-    """Validate and apply ``context`` to ``model`` (shared by Apply Memory and the Merged DiT Sampler)."""
+def patch_model(model, context, merge_blocks: str, merge_ratio: float, merge_mode: str, modules=None, observer=None,
+                camera=None):
+    """Validate and apply ``context`` (and, with camera modules, the target ``camera``) to ``model``.
+
+    Shared by Apply Memory and the Merged DiT Sampler; every check runs before the model is patched.
+    """
     dm = wan_diffusion_model(model)
     learned = learned_weights(modules, int(dm.dim))
     if not isinstance(context, MemoryContext):
         raise ValueError(f"context is a {type(context).__name__}; connect Memory-V2V Dynamic Tokenize's context.")
+    with_camera = check_camera_inputs(modules, camera, context)
     merge = merge_settings(len(dm.blocks), context.memory_count, merge_blocks, merge_ratio, merge_mode,
                            None if learned is None else learned.merge_operator)
-    return apply_memory(model, context, merge, learned, observer), merge
+    patched = apply_memory(model, context, merge, learned, observer)
+    if with_camera:
+        patched = apply_camera(patched, modules, camera, context)
+    return patched, merge
 
 
 MERGE_INPUTS = [
@@ -200,8 +212,15 @@ MERGE_INPUTS = [
                            "discard: drop them (for comparison); off: keep every memory token."),
 ]
 MODULES_INPUT = Modules.Input("modules", optional=True,
-                              tooltip="Trained tokenizers / merge operator (Memory-V2V Load Modules). Missing "
-                                      "kernels are derived training-free from the model's own patch embedding.")
+                              tooltip="Trained tokenizers / merge operator / ReCamMaster camera modules (Memory-V2V "
+                                      "Load Modules). Missing kernels are derived training-free from the model's own "
+                                      "patch embedding. Camera modules turn camera conditioning on (then 'camera' "
+                                      "is required).")
+CAMERA_INPUT = Camera.Input("camera", optional=True,
+                            tooltip="The target camera trajectory (Memory-V2V Camera Preset / Camera Load), at least "
+                                    "as long as the video. Required when 'modules' hold camera encoders: every "
+                                    "video then gets its own camera embedding (target, user video at the identity "
+                                    "pose, each memory its stored trajectory).")
 
 
 class ApplyMemory(io.ComfyNode):
@@ -223,15 +242,17 @@ class ApplyMemory(io.ComfyNode):
                 Context.Input("context", tooltip="The memory context from Memory-V2V Dynamic Tokenize."),
                 *MERGE_INPUTS,
                 MODULES_INPUT,
+                CAMERA_INPUT,
             ],
             outputs=[io.Model.Output(tooltip="The model with memory; connect it to any sampler.")],
         )
 
     @classmethod
     def execute(cls, model, context, merge_blocks: str, merge_ratio: float, merge_mode: str,
-                modules=None) -> io.NodeOutput:
-        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, _log_call)
-        summary = _apply_summary(context, merge)
+                modules=None, camera=None) -> io.NodeOutput:
+        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, _log_call,
+                                     camera)
+        summary = _apply_summary(context, merge, modules, camera)
         return io.NodeOutput(patched, ui={"text": [summary]})
 
 
@@ -264,6 +285,7 @@ class MergedDiTSampler(io.ComfyNode):
                                tooltip="How much of the latent is re-noised (1 = generate from noise)."),
                 *MERGE_INPUTS,
                 MODULES_INPUT,
+                CAMERA_INPUT,
             ],
             outputs=[io.Latent.Output(tooltip="The sampled latent.")],
         )
@@ -271,17 +293,17 @@ class MergedDiTSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, context, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, denoise: float, merge_blocks: str, merge_ratio: float,
-                merge_mode: str, modules=None) -> io.NodeOutput:
+                merge_mode: str, modules=None, camera=None) -> io.NodeOutput:
         calls: list[str] = []  # summaries only: a call's state holds device tensors
 
         def observe(call: MemoryCall) -> None:
             _log_call(call)
             calls.append(_describe_call(call))
 
-        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, observe)
+        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, observe, camera)
         (out,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                              latent_image, denoise=denoise)
-        lines = [_apply_summary(context, merge), f"{len(calls)} model calls with memory"]
+        lines = [_apply_summary(context, merge, modules, camera), f"{len(calls)} model calls with memory"]
         if calls:
             lines.append("last " + calls[-1])
         text = "\n".join(lines)

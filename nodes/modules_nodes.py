@@ -95,13 +95,6 @@ class LoadModules(io.ComfyNode):
         return (os.path.getmtime(path), os.path.getsize(path)) if path and os.path.isfile(path) else float("nan")
 
     @classmethod
-    def validate_inputs(cls, checkpoint: str, allow_partial: bool):
-        if checkpoint_path(checkpoint) is None:
-            return (f"checkpoint ({checkpoint!r}) is not in models/diffusion_models or models/memv2v; put the file "
-                    "there and refresh the page")
-        return True
-
-    @classmethod
     def execute(cls, checkpoint: str, allow_partial: bool) -> io.NodeOutput:
         path = checkpoint_path(checkpoint)
         if path is None:

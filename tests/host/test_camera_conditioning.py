@@ -1,0 +1,80 @@
+"""ReCamMaster camera conditioning on the real WanModel, one trajectory per video (tiny ReCamMaster-layout checkpoints).
+
+Zero encoders and identity projectors (ReCamMaster's init) reproduce the native model bit for bit; random camera
+weights match a ReCamMaster DiTBlock computed by hand; bad inputs are refused before sampling. The checks run in
+ComfyUI's own Python (nvs_scripts/, cwd = the ComfyUI folder) and print JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memv2v_cli import comfy_host
+
+SCRIPTS = Path(__file__).resolve().parent / "nvs_scripts"
+
+
+def run_script(host, name: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=host.server.comfyui,
+                          env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def nvs_checkpoints(host, tmp_path_factory) -> dict:
+    return run_script(host, "build_checkpoints.py", "--out", str(tmp_path_factory.mktemp("nvs-checkpoints")))
+
+
+@pytest.fixture(scope="module")
+def camera(host, nvs_checkpoints) -> dict:
+    return run_script(host, "camera_equivalence.py", "--zero", nvs_checkpoints["recammaster_safetensors"],
+                      "--cam", nvs_checkpoints["recammaster_cam_ckpt"], "--plain-dit", host.assets["dit"])
+
+
+@pytest.mark.parametrize("case", ["user_only", "memory", "memory_merge"])
+def test_zero_encoder_identity_projector_is_bit_identical_to_the_native_model(camera, case):
+    assert camera[f"zero_{case}_equal"], camera[f"zero_{case}_max_diff"]
+
+
+def test_camera_patch_equals_recammaster_block_by_hand(camera):
+    assert camera["cam_vs_reference_max_diff"] <= 1e-5
+    assert camera["cam_effect"] > 1e-4  # the camera path really changes the output
+    assert camera["memory_camera_effect"] > 1e-6  # each memory's own trajectory reaches its tokens
+
+
+def test_camera_composes_with_merging(camera):
+    assert camera["cam_merge_finite"] and camera["cam_merge_vs_nomerge"] > 0
+
+
+def test_weights_ride_in_the_object_patched_wrapper_not_in_model_options(camera):
+    assert camera["object_patches"] == ["diffusion_model.blocks.0.self_attn", "diffusion_model.blocks.1.self_attn"]
+    assert camera["wrapper_shares_inner_weights"]  # LoRA keys blocks.N.self_attn.q.* still resolve
+    assert camera["unpatched_restored"] == "WanSelfAttention"
+    assert camera["model_options_tensors"] == 0
+
+
+@pytest.mark.parametrize("case, words", [
+    ("camera_missing", ["camera is not connected", "2 block(s)", "Camera Preset"]),
+    ("camera_without_modules", ["camera is connected", "Load Modules"]),
+    ("trajectory_short", ["5 frames", "9", "set frames to 9"]),
+    ("grid", ["7x5", "multiple of 16 px", "64x32"]),
+    ("memory_without_camera", ["nocam", "no camera trajectory"]),
+    ("bank_other_model", ["'wan22'", "'wan21'"]),
+    ("wrong_checkpoint", ["not a ReCamMaster/Memory-V2V checkpoint", "Found: a Wan DiT"]),
+])
+def test_bad_inputs_are_refused_before_sampling(camera, case, words):
+    message = camera["errors"][case]
+    assert message is not None, f"{case}: no error"
+    for word in words:
+        assert word in message, f"{case}: {word!r} missing from {message!r}"
+
+
+def test_checkpoint_reports_name_the_camera_modules(camera):
+    for report in camera["reports"].values():
+        assert "Kind: ReCamMaster" in report and "0-1 (2 of 2 blocks)" in report
