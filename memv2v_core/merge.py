@@ -140,7 +140,8 @@ def _merge_one_frame(
     as_grid = frame_tokens.transpose(1, 2).reshape(batch, dim, rows, cols)
     pos_grid = frame_positions.t().reshape(1, 3, rows, cols)
     pooled_pos = pool_grid_mean(pos_grid.float(), factor)
-    if operator is None:
+    kernel = getattr(operator, "kernel", 1)
+    if operator is None or rows < kernel or cols < kernel:  # a learned kernel larger than the grid: pool instead
         pooled = pool_grid_mean(as_grid.float(), factor).to(as_grid.dtype)  # fp32 sums keep bf16 tokens exact enough
     else:
         pooled = operator(as_grid)

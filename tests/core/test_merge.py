@@ -144,6 +144,18 @@ def test_a_learned_operator_replaces_pooling_and_floor_sized_outputs_crop_positi
         merge_frames(tokens, positions, layout, [0], operator=lambda g: g.repeat(1, 1, 2, 2))
 
 
+def test_a_learned_operator_larger_than_a_frame_falls_back_to_pooling_that_frame():
+    from memv2v_core.checkpoints import ConvMergeOperator
+
+    layout = TokenLayout(((1, 1), (2, 2)), (0, 0), (True, True))  # a 1x1 frame cannot take a 2x2 strided conv
+    tokens, positions = torch.randn(1, 5, 4), torch.randn(5, 3)
+    operator = ConvMergeOperator(torch.randn(4, 4, 2, 2), None)
+    new_tokens, _, new_layout = merge_frames(tokens, positions, layout, [0, 1], operator=operator)
+    assert new_layout.frame_grids == ((1, 1), (1, 1))
+    assert torch.equal(new_tokens[:, 0], tokens[:, 0])  # pooled alone: unchanged
+    torch.testing.assert_close(new_tokens[:, 1], operator(tokens[:, 1:].transpose(1, 2).reshape(1, 4, 2, 2))[..., 0, 0])
+
+
 def test_discard_mode_drops_frames_but_keeps_frame_ids():
     layout = TokenLayout(((1, 2), (1, 2), (1, 2)), (0, 0, 0), (True, True, True))
     tokens, positions = torch.randn(1, 6, 2), torch.randn(6, 3)
