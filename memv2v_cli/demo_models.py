@@ -19,6 +19,8 @@ BUILDER_VERSION = 1  # bump when a model's layout or init changes, so cached fil
 WAN21_DIT = f"memv2v_demo_wan21_t2v_tiny_v{BUILDER_VERSION}.safetensors"
 WAN21_VAE = f"memv2v_demo_wan21_vae_random_v{BUILDER_VERSION}.safetensors"
 DEMO_VIDEO = f"memv2v_demo_clip_v{BUILDER_VERSION}.mp4"
+LUCY_DIT = f"memv2v_demo_lucyedit_wan22_tiny_v{BUILDER_VERSION}.safetensors"  # 96 in (48 noisy + 48 source), 48 out
+WAN22_VAE = f"memv2v_demo_wan22_vae_random_v{BUILDER_VERSION}.safetensors"
 
 
 def bootstrap_comfy(comfyui: str | os.PathLike) -> None:
@@ -76,6 +78,24 @@ def build_wan_vae(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
+def build_lucy_edit_dit(path: Path, *, seed: int = 0) -> Path:
+    """A tiny LucyEdit-shaped Wan 2.2 DiT: 96 input channels (48 noisy + 48 source latent), 48 output channels."""
+    return build_wan_dit(path, in_dim=96, out_dim=48, seed=seed)
+
+
+def build_wan22_vae(path: Path, *, seed: int = 0) -> Path:
+    """The real Wan 2.2 VAE class (48 channels, 4x16x16; config fixed by ComfyUI's loader) with random fp16 weights."""
+    import torch
+    from comfy.ldm.wan.vae2_2 import WanVAE
+    from safetensors.torch import save_file
+
+    vae = WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+    state = {k: v.to(torch.float16) for k, v in _random_state_dict(vae, seed).items()}
+    _atomic_save(lambda tmp: save_file(state, str(tmp)), path)
+    return path
+
+
 def build_demo_video(path: Path, *, frames: int = 17, width: int = 64, height: int = 64, fps: int = 16) -> Path:
     """A short synthetic clip (a moving colour gradient with a bright square) to stand in for the user's video."""
     import av
@@ -106,11 +126,20 @@ def _atomic_save(write, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_all(out: Path) -> dict[str, str]:
-    """Build (or reuse) every demo asset in ``out``; returns {kind: path}."""
+EDIT_BUILDERS = {"lucy_dit": (LUCY_DIT, build_lucy_edit_dit), "wan22_vae": (WAN22_VAE, build_wan22_vae)}
+
+
+def build_all(out: Path, kinds: tuple[str, ...] = ()) -> dict[str, str]:
+    """Build (or reuse) every demo asset in ``out``, plus the optional ``kinds`` (e.g. "lucy_dit", "wan22_vae",
+    for the editing tests: the Wan 2.2 VAE is 1.4 GB of fp16, so only tests that need it build it); {kind: path}."""
     out.mkdir(parents=True, exist_ok=True)
     assets = {"dit": out / WAN21_DIT, "vae": out / WAN21_VAE, "video": out / DEMO_VIDEO}
     builders = {"dit": build_wan_dit, "vae": build_wan_vae, "video": build_demo_video}
+    for kind in kinds:
+        if kind not in EDIT_BUILDERS:
+            raise ValueError(f"kinds: unknown asset {kind!r}; choose from {sorted(EDIT_BUILDERS)}")
+        name, builder = EDIT_BUILDERS[kind]
+        assets[kind], builders[kind] = out / name, builder
     for kind, path in assets.items():
         if not path.exists():
             builders[kind](path)
@@ -121,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", required=True, help="the ComfyUI folder (its code builds the models)")
     parser.add_argument("--out", required=True, help="folder for the demo assets (reused when already there)")
+    parser.add_argument("--with", dest="kinds", action="append", default=[], choices=sorted(EDIT_BUILDERS),
+                        help="also build this optional asset (repeatable)")
     args = parser.parse_args(argv)
     bootstrap_comfy(args.comfyui)
-    print(json.dumps(build_all(Path(args.out))))
+    print(json.dumps(build_all(Path(args.out), tuple(args.kinds))))
     return 0
 
 

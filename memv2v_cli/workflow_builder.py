@@ -34,12 +34,14 @@ class Note:
 
 @dataclass
 class WorkflowSpec:
-    """A shipped workflow: its API prompt (with ``_meta.title``), its notes, and node groups (title -> node ids)."""
+    """A shipped workflow: its API prompt (with ``_meta.title``), notes, node groups (title -> node ids) and the saved
+    control_after_generate modes (node id -> {input: "fixed" | "increment" | "decrement" | "randomize"}; default fixed)."""
 
     name: str
     prompt: dict
     notes: list[Note] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    controls: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
@@ -70,7 +72,7 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
                 raise ValueError(f"spec {spec.name}: node {node_id} ({entry['class_type']}) needs input {name!r} linked")
             if slot is not None and not slot.force_input:
                 widgets.append(value if value is not None and not _is_link(value) else slot.default)
-                widgets.extend(_extra_values(slot))
+                widgets.extend(_extra_values(slot, spec.controls.get(node_id, {}).get(name, "fixed")))
         column = depth[node_id]
         height = 40 + SLOT_HEIGHT * (max(len(inputs), len(info.get("output", []))) + len(widgets))
         y = column_y.get(column, 80.0)
@@ -126,12 +128,13 @@ def _input_type(spec: Any) -> str:
     return "COMBO" if isinstance(kind, list) else kind
 
 
-def _extra_values(slot: graph.WidgetSlot) -> list[Any]:
+def _extra_values(slot: graph.WidgetSlot, control: str) -> list[Any]:
+    """What the frontend saves after the widget's value: the control mode, then (combos) an empty filter text."""
     if slot.extra_values == 0:
         return []
     if slot.kind == "INT":
-        return ["fixed"]
-    return ["fixed", ""][:slot.extra_values] + [None] * max(0, slot.extra_values - 2)
+        return [control]
+    return [control, ""][:slot.extra_values] + [None] * max(0, slot.extra_values - 2)
 
 
 def _is_link(value: Any) -> bool:

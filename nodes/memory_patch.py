@@ -200,10 +200,13 @@ def check_context_fits(
                     f"{stream.latent.shape[1]}; load modules made for this latent format."
                 )
             continue
-        if stream.latent.shape[1] != in_dim:
+        if stream.latent.shape[1] != in_dim and not (
+            model_channels is not None and stream.latent.shape[1] == model_channels < in_dim
+        ):
             raise ValueError(
                 f"{name}: the latent has {stream.latent.shape[1]} channels but the model's patch embedding takes "
-                f"{in_dim}; training-free tokenizers need matching channels. Load tokenizer modules for this model, "
+                f"{in_dim}; training-free tokenizers need matching channels (or the model's latent channels, "
+                "zero-padded for channel-concat models). Load tokenizer modules for this model, "
                 "or use memories made for it."
             )
         if kernel[0] != base[0] or kernel[1] % base[1] or kernel[2] % base[2]:
@@ -222,8 +225,10 @@ def merge_settings(
     if mode == "off":
         return None
     chosen = parse_merge_blocks(blocks, depth)
+    factor = getattr(operator, "kernel", None)  # a learned operator fixes the reduction; else it grows with memory
     return dataclasses.replace(
-        MergeSettings.for_model(depth, memory_count, ratio=ratio, mode=mode, operator=operator), blocks=chosen
+        MergeSettings.for_model(depth, memory_count, ratio=ratio, factor=factor, mode=mode, operator=operator),
+        blocks=chosen,
     )
 
 
@@ -360,6 +365,25 @@ def _make_block_patch(installed: _Installed, index: int, previous: Callable | No
     return memory_block
 
 
+def _memory_latent(base_model: Any, stream: Any, dm: wan_model.WanModel, learned: LearnedMemoryWeights | None):
+    """A stream's latent in model space, zero-padded to the patch embedding's channels for derived tokenizers."""
+    latent = base_model.process_latent_in(stream.latent.float())
+    if learned is not None and learned.tokenizer(tuple(stream.kernel)) is not None:
+        return latent
+    return pad_condition_channels(latent, int(dm.patch_embedding.weight.shape[1]))
+
+
+def pad_condition_channels(latent: torch.Tensor, in_dim: int) -> torch.Tensor:
+    """Memory latents on a channel-concat Wan (LucyEdit 96 = 48 noisy + 48 source; Wan I2V 36 = 16 + 4 mask + 16):
+    the memory fills the latent channels and its conditioning channels are zeros, which is what ComfyUI's
+    ``WAN21.concat_cond`` feeds such a model when no conditioning latent is given (papers §8.3 item 16)."""
+    missing = in_dim - latent.shape[1]
+    if missing <= 0:
+        return latent
+    zeros = latent.new_zeros(latent.shape[0], missing, *latent.shape[2:])
+    return torch.cat([latent, zeros], dim=1)
+
+
 def apply_memory(
     model: Any,
     context: MemoryContext,
@@ -382,7 +406,7 @@ def apply_memory(
         )
     processed = dataclasses.replace(
         context,
-        streams=tuple(dataclasses.replace(s, latent=base_model.process_latent_in(s.latent.float()))
+        streams=tuple(dataclasses.replace(s, latent=_memory_latent(base_model, s, dm, learned))
                       for s in context.streams),
     )
     installed = _Installed(processed, merge, learned, observer)

@@ -1,0 +1,266 @@
+"""Long text-guided video editing through the real server: the shipped workflow (converted from its UI file) edits a
+real 150-frame video segment by segment with a tiny LucyEdit-shaped Wan 2.2 DiT (96 in = 48 noisy + 48 source,
+48 out) and the real Wan 2.2 VAE class (random weights), one queue run per segment; plus the editing nodes' errors.
+
+Test adaptations of the shipped graph: tiny models, demo conditioning instead of umt5, 32x32 pixels (a 2x2 latent,
+so every memory kernel is 1x2x2), 33-frame segments with overlap 8, 2 steps; the index is set per run, as the
+frontend's "increment" control does. The stitch branch runs on the first and last runs only (the Wan 2.2 VAE
+decodes a 33-frame segment in ~10 s on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from memv2v_cli import comfy_host, graph
+from memv2v_core.bank import MemoryBank
+from memv2v_core.segments import plan_segments
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = REPO_ROOT / "workflows" / "memv2v_long_video_edit.json"
+VIDEO = "7.mp4"  # the shared ReCamMaster clip with 150 frames
+FRAMES, LENGTH, OVERLAP, SIZE = 150, 33, 8, 32
+BANK = "edit_test_long"
+STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
+
+
+@pytest.fixture(scope="module")
+def edit_models(host) -> dict[str, str]:
+    """The tiny LucyEdit-shaped DiT and the random Wan 2.2 VAE, cached beside the other test assets."""
+    out = Path(host.assets["dit"]).parent
+    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_models", "--comfyui", str(host.server.comfyui),
+                           "--out", str(out), "--with", "lucy_dit", "--with", "wan22_vae"], cwd=REPO_ROOT,
+                          env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assets = json.loads(done.stdout.strip().splitlines()[-1])
+    host.server.add_model("diffusion_models", Path(assets["lucy_dit"]))
+    host.server.add_model("vae", Path(assets["wan22_vae"]))
+    return {"dit": Path(assets["lucy_dit"]).name, "vae": Path(assets["wan22_vae"]).name,
+            "wan21_dit": Path(assets["dit"]).name}
+
+
+def _one(prompt: dict, class_type: str) -> str:
+    found = graph.find_nodes(prompt, class_type)
+    assert len(found) == 1, f"expected one {class_type} in the shipped workflow, found {found}"
+    return found[0]
+
+
+def adapt_for_test(prompt: dict, models: dict[str, str], bank: str) -> dict:
+    """The shipped edit graph with tiny models, demo conditioning, tiny pixels and short segments."""
+    prompt = copy.deepcopy(prompt)
+    prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] = models["dit"]
+    prompt[_one(prompt, "VAELoader")]["inputs"]["vae_name"] = models["vae"]
+    prompt[_one(prompt, "LoadVideo")]["inputs"]["file"] = VIDEO
+    del prompt[_one(prompt, "CLIPLoader")]
+    for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
+        prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
+                           "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
+    prompt[_one(prompt, "ImageScale")]["inputs"].update(width=SIZE, height=SIZE)
+    for class_type in ("MemV2V_SplitSegments", "MemV2V_StitchSegments"):
+        prompt[_one(prompt, class_type)]["inputs"].update(segment_length=LENGTH, overlap=OVERLAP)
+    prompt[_one(prompt, "MemV2V_DynamicTokenize")]["inputs"].update(fine_kernel="1x2x2", coarse_kernel="1x2x2")
+    prompt[_one(prompt, "KSampler")]["inputs"]["steps"] = 2
+    prompt[_one(prompt, "MemV2V_BankLoad")]["inputs"]["name"] = bank
+    prompt[_one(prompt, "SaveVideo")]["inputs"].update(filename_prefix="memv2v/edit_test", format="mp4",
+                                                       codec="h264")
+    return prompt
+
+
+def without_stitch(prompt: dict) -> dict:
+    return {k: v for k, v in prompt.items() if v["class_type"] not in STITCH_BRANCH}
+
+
+def _frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def edited(host, edit_models, shared_data):
+    shutil.copy(shared_data / "recammaster" / "videos" / VIDEO, host.server.base_dir / "input" / VIDEO)
+    ui = json.loads(WORKFLOW.read_text())
+    prompt = adapt_for_test(graph.ui_to_api(ui, host.object_info), edit_models, BANK)
+    split = _one(prompt, "MemV2V_SplitSegments")
+    count = len(plan_segments(FRAMES, LENGTH, OVERLAP))
+    runs, seconds = [], []
+    for index in range(count):
+        prompt[split]["inputs"]["index"] = index
+        started = time.perf_counter()
+        runs.append(host.run(prompt if index in (0, count - 1) else without_stitch(prompt), timeout=900))
+        seconds.append(time.perf_counter() - started)
+    print(f"\nlong video edit: {count} segments, seconds per queue run: {[round(s, 1) for s in seconds]}")
+    return {"ui": ui, "runs": runs, "count": count, "seconds": seconds}
+
+
+def test_shipped_workflow_saves_the_index_as_increment(edited):
+    split = next(n for n in edited["ui"]["nodes"] if n["type"] == "MemV2V_SplitSegments")
+    assert "increment" in split["widgets_values"]
+
+
+def test_every_queue_run_edits_one_segment_into_the_bank(host, edited):
+    bank = MemoryBank.open(host.output_path(f"memory_banks/{BANK}"))
+    entries = [bank.entry(i) for i in bank.ids()]
+    assert [e.segment_index for e in entries] == list(range(edited["count"]))
+    assert len({e.source_id for e in entries}) == 1 and entries[0].source_id.startswith("src-")
+    for entry in entries:
+        assert entry.latent_format == "wan22"
+        assert entry.has("descriptor") and bank.load_tensor(entry.entry_id, "descriptor").numel() > 0
+        assert list(bank.load_latent(entry.entry_id).shape[-4:]) == [48, 9, 2, 2]  # 33 frames at 32 px
+    for previous, entry in zip(entries, entries[1:]):
+        assert entry.parents[0] == previous.entry_id  # the previous segment is always the first memory
+
+
+def _ui_text(run, node_id: str) -> str:
+    texts = [data["output"].get("text", [""])[0] for kind, data in run.messages
+             if kind == "executed" and data.get("node") == node_id and data.get("output")]
+    assert texts, f"node {node_id} reported nothing"
+    return texts[-1]
+
+
+def test_earlier_edited_segments_enter_as_memory_tokens(host, edited):
+    """Memories are 48-channel edited latents on a 96-channel patch embedding (source half zero-padded)."""
+    prompt = graph.ui_to_api(edited["ui"], host.object_info)
+    apply_memory = _one(prompt, "MemV2V_ApplyMemory")
+    assert _ui_text(edited["runs"][0], apply_memory).startswith("memory: 0 streams")
+    assert _ui_text(edited["runs"][1], apply_memory).startswith("memory: 1 streams")
+    assert _ui_text(edited["runs"][-1], apply_memory).startswith("memory: 4 streams")  # top_k 4 of 5 earlier
+
+
+def test_stitched_video_has_every_source_frame(host, edited):
+    first, last = edited["runs"][0], edited["runs"][-1]
+    for run in (first, last):
+        videos = [f for f in run.output_files(host.server.base_dir) if f.endswith(".mp4")]
+        assert len(videos) == 1
+        assert _frames(Path(videos[0])) == FRAMES
+
+
+# --- bad input: each error names the input, the value and the fix --------------------------------------------------
+def _error_of(host, prompt: dict) -> str:
+    with pytest.raises((comfy_host.PromptFailed, comfy_host.PromptRejected)) as caught:
+        host.run(prompt, timeout=600)
+    error = caught.value
+    if isinstance(error, comfy_host.PromptRejected):
+        return json.dumps(error.details)
+    return str(error)
+
+
+def _split_prompt(frames: int, length: int, overlap: int, size: int = SIZE) -> dict:
+    return {
+        "img": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames,
+                                                       "color": 0x336699}},
+        "split": {"class_type": "MemV2V_SplitSegments", "inputs": {"image": ["img", 0], "segment_length": length,
+                                                                   "overlap": overlap, "index": 0}},
+        "show": {"class_type": "PreviewImage", "inputs": {"images": ["split", 0]}},
+    }
+
+
+@pytest.mark.parametrize("frames, length, overlap, expected", [
+    (40, 32, 4, ["segment_length=32", "4k+1", "Use 29 or 33"]),
+    (40, 33, 33, ["overlap=33", "segment_length=33", "use e.g. 8"]),
+    (20, 33, 8, ["20 frames", "segment_length=33", "segment_length=17 or less"]),
+])
+def test_segment_errors(host, frames, length, overlap, expected):
+    message = _error_of(host, _split_prompt(frames, length, overlap))
+    for part in expected:
+        assert part in message, message
+
+
+def _retrieve_prompt(bank: str, source_id: str, index: int) -> dict:
+    return {
+        "img": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 9, "color": 7}},
+        "bank": {"class_type": "MemV2V_BankLoad", "inputs": {"name": bank}},
+        "ret": {"class_type": "MemV2V_SegmentRetrieve", "inputs": {
+            "bank": ["bank", 0], "segment": ["img", 0], "segment_index": index, "source_id": source_id, "top_k": 4,
+            "recent_first": True}},
+        "tok": {"class_type": "MemV2V_DynamicTokenize", "inputs": {
+            "selection": ["ret", 0], "mode": "edit", "fine_ranks": 3, "user_kernel": "1x2x2", "fine_kernel": "1x2x2",
+            "coarse_kernel": "1x2x2", "reverse_memory": True, "story_gap": 5.0, "target_frames": 3}},
+        "show": {"class_type": "PreviewAny", "inputs": {"source": ["tok", 1]}},
+    }
+
+
+def _bank_with_segment(host, name: str, source_id: str, descriptor_size: int) -> None:
+    bank = MemoryBank.open(host.output_path(f"memory_banks/{name}"), create=True)
+    bank.add(torch.randn(1, 48, 3, 2, 2), latent_format="wan22", segment_index=0, source_id=source_id,
+             descriptor=torch.rand(descriptor_size))
+
+
+def test_bank_of_another_source_video_is_refused(host):
+    _bank_with_segment(host, "edit_test_other_video", "clip-b", 64)
+    message = _error_of(host, _retrieve_prompt("edit_test_other_video", "clip-a", 1))
+    for part in ("source_id 'clip-a'", "clip-b", "Use the source_id the earlier segments were added with"):
+        assert part in message, message
+
+
+def test_embedder_of_another_size_is_refused(host):
+    _bank_with_segment(host, "edit_test_other_embedder", "clip-a", 7)
+    message = _error_of(host, _retrieve_prompt("edit_test_other_embedder", "clip-a", 1))
+    for part in ("embedder:", "7-value", "Connect the embedder the earlier segments were described with"):
+        assert part in message, message
+
+
+def _conditioning_prompt(models: dict[str, str], frames: int, size: int, unet: str | None = None) -> dict:
+    prompt = {
+        "img": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": frames,
+                                                       "color": 0x808080}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": models["vae"]}},
+        "pos": {"class_type": "MemV2VDemo_TextConditioning", "inputs": {"text": "make it red", "tokens": 16}},
+        "neg": {"class_type": "MemV2VDemo_TextConditioning", "inputs": {"text": "", "tokens": 16}},
+        "cond": {"class_type": "MemV2V_EditConditioning", "inputs": {
+            "positive": ["pos", 0], "negative": ["neg", 0], "vae": ["vae", 0], "source": ["img", 0]}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["cond", 3], "filename_prefix": "edit_test/src"}},
+    }
+    if unet is not None:
+        prompt["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}}
+        prompt["cond"]["inputs"]["model"] = ["unet", 0]
+    return prompt
+
+
+def test_edit_conditioning_refuses_bad_sources(host, edit_models):
+    message = _error_of(host, _conditioning_prompt(edit_models, 8, SIZE))
+    assert "source: 8 frames" in message and "Use 5 or 9" in message, message
+    message = _error_of(host, _conditioning_prompt(edit_models, 5, 40))
+    assert "40x40" in message and "16-pixel" in message and "32x32" in message, message
+
+
+def test_edit_conditioning_refuses_a_model_without_source_channels(host, edit_models):
+    message = _error_of(host, _conditioning_prompt(edit_models, 5, SIZE, unet=edit_models["wan21_dit"]))
+    assert "model:" in message and "16 input channels" in message and "96" in message, message
+
+
+def test_source_segment_reaches_the_model_by_channel_concat(host, edit_models):
+    """Same seed and instruction, two different source segments: the edits differ, so the source enters the DiT."""
+    prompt = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": edit_models["dit"],
+                                                              "weight_dtype": "default"}}}
+    for name, color in (("grey", 0x808080), ("red", 0xFF2020)):
+        branch = _conditioning_prompt(edit_models, 5, SIZE, unet=edit_models["dit"])
+        branch["img"]["inputs"]["color"] = color
+        branch["cond"]["inputs"]["model"] = ["unet", 0]
+        del branch["unet"], branch["save"]
+        branch = {f"{name}_{k}": {**v, "inputs": {i: ([f"{name}_{x[0]}", x[1]] if isinstance(x, list) and x[0] != "unet"
+                                                      else x) for i, x in v["inputs"].items()}}
+                  for k, v in branch.items()}
+        prompt.update(branch)
+        prompt[f"{name}_ks"] = {"class_type": "KSampler", "inputs": {
+            "model": ["unet", 0], "positive": [f"{name}_cond", 0], "negative": [f"{name}_cond", 1],
+            "latent_image": [f"{name}_cond", 2], "seed": 3, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "simple", "denoise": 1.0}}
+        prompt[f"{name}_save"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"{name}_ks", 0],
+                                                                         "filename_prefix": f"edit_test/concat_{name}"}}
+    run = host.run(prompt)
+    from safetensors.torch import load_file
+
+    latents = {Path(f).name.split("_")[1]: load_file(f)["latent_tensor"]
+               for f in run.output_files(host.server.base_dir) if f.endswith(".latent")}
+    assert set(latents) == {"grey", "red"} and latents["grey"].shape == (1, 48, 2, 2, 2)
+    assert (latents["grey"] - latents["red"]).abs().max() > 1e-3
