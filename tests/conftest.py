@@ -23,3 +23,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_DATA} (it lives beside the checkout as ../shared/data)")
     return SHARED_DATA
+
+
+def pytest_report_header(config):
+    """One line, before anything runs, saying whether the host tests will run against a real ComfyUI."""
+    from memv2v_cli.comfy_host import find_comfyui
+
+    path, where = find_comfyui()
+    return f"host tests: {'run against ' + str(path) if path else 'skipped: ' + where}"
