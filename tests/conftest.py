@@ -1,6 +1,7 @@
 """Test-wide setup: make a CPU-only machine's CUDA torchvision importable before any test imports it."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,10 @@ import pytest  # noqa: E402
 def shared_data() -> Path:
     """The project's shared test data (real ReCamMaster trajectories and videos), beside the checkout."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA} (it lives beside the checkout as ../shared/data)")
+        message = f"shared test data not found at {SHARED_DATA} (it lives beside the checkout as ../shared/data)"
+        if os.environ.get("MEMV2V_REQUIRE_SHARED_DATA"):  # CI has it: a missing copy must fail, not hide tests
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
 
 

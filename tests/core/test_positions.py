@@ -63,11 +63,12 @@ def test_longer_streams_are_spread_over_their_range_and_never_spill():
 
 
 @pytest.mark.parametrize(
-    "mode, roles",
-    [("nvs", ["previous"]), ("edit", ["user"]), ("story", ["user"]), ("bogus", ["memory"])],
+    "mode, roles, words",
+    [("nvs", ["previous"], "'previous' is not used in mode 'nvs'"), ("edit", ["user"], "'user' is not used in mode"),
+     ("story", ["user"], "'user' is not used in mode 'story'"), ("bogus", ["memory"], "mode \\('bogus'\\) must be")],
 )
-def test_roles_outside_their_mode_are_rejected(mode, roles):
-    with pytest.raises(ValueError):
+def test_roles_outside_their_mode_are_rejected(mode, roles, words):
+    with pytest.raises(ValueError, match=words):
         temporal_ids(mode, T, roles, [T])
 
 

@@ -25,9 +25,14 @@ def test_kernel_plan_sends_top_ranks_to_fine_and_the_rest_to_coarse():
     assert KernelPlan(fine_ranks=1).kernel_for_rank(1) == (1, 8, 8)
 
 
-@pytest.mark.parametrize("kwargs", [{"fine": (1, 4)}, {"coarse": (2, 8, 8)}, {"user": (1, 0, 2)}, {"fine_ranks": -1}])
-def test_kernel_plan_rejects_bad_settings(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, words", [
+    ({"fine": (1, 4)}, r"KernelPlan.fine \(\(1, 4\)\) must be three positive integers"),
+    ({"coarse": (2, 8, 8)}, "has temporal size 2"),
+    ({"user": (1, 0, 2)}, r"KernelPlan.user \(\(1, 0, 2\)\) must be three positive integers"),
+    ({"fine_ranks": -1}, r"fine_ranks \(-1\) must be an integer >= 0"),
+])
+def test_kernel_plan_rejects_bad_settings(kwargs, words):
+    with pytest.raises(ValueError, match=words):
         KernelPlan(**kwargs)
 
 

@@ -127,7 +127,7 @@ def _ui_text(run, node_id: str) -> str:
     return texts[-1]
 
 
-def test_earlier_edited_segments_enter_as_memory_tokens(host, edited):
+def test_apply_memory_reports_the_earlier_segments_as_memory_streams(host, edited):
     """Memories are 48-channel edited latents on a 96-channel patch embedding (source half zero-padded)."""
     prompt = graph.ui_to_api(edited["ui"], host.object_info)
     apply_memory = _one(prompt, "MemV2V_ApplyMemory")
@@ -136,7 +136,25 @@ def test_earlier_edited_segments_enter_as_memory_tokens(host, edited):
     assert _ui_text(edited["runs"][-1], apply_memory).startswith("memory: 4 streams")  # top_k 4 of 5 earlier
 
 
-def test_stitched_video_has_every_source_frame(host, edited):
+def test_memory_of_earlier_segments_changes_the_edit(host, edited, edit_models):
+    """Segments 0 and 1 again, same seed, each into a new bank: segment 0 (no memory either way) must come out
+    bit-identical, segment 1 (no memory now, segment 0 as memory before) must differ."""
+    with_memory = MemoryBank.open(host.output_path(f"memory_banks/{BANK}"))
+    by_index = {with_memory.entry(i).segment_index: with_memory.load_latent(i) for i in with_memory.ids()}
+    for index in (0, 1):  # each into its own new bank, so neither finds an earlier segment
+        name = f"{BANK}_alone_{index}"
+        prompt = without_stitch(adapt_for_test(graph.ui_to_api(edited["ui"], host.object_info), edit_models, name))
+        prompt[_one(prompt, "MemV2V_SplitSegments")]["inputs"]["index"] = index
+        host.run(prompt, timeout=900)
+        alone = MemoryBank.open(host.output_path(f"memory_banks/{name}"))
+        latent = alone.load_latent(alone.ids()[0])
+        if index == 0:
+            assert torch.equal(latent, by_index[0])  # the control: no memory either way, same edit
+        else:
+            assert (latent - by_index[1]).abs().max() > 0  # segment 0 as memory changed segment 1's edit
+
+
+def test_stitched_video_has_the_source_frame_count(host, edited):
     first, last = edited["runs"][0], edited["runs"][-1]
     for run in (first, last):
         videos = [f for f in run.output_files(host.server.base_dir) if f.endswith(".mp4")]

@@ -54,19 +54,23 @@ def main() -> int:
         with torch.no_grad():
             return patcher.model.diffusion_model(xs, t, txt, transformer_options=options)
 
-    def memory_tokens(context):
+    def memory_tokens(context, loaded=None):
         processed = context_lib.MemoryContext(
             context.mode, context.target_frames,
             tuple(context_lib.ContextStream(s.role, s.entry_id, model.model.process_latent_in(s.latent), s.kernel,
                                             s.temporal_ids, s.rank, s.score) for s in context.streams))
-        weights = tokenize.DerivedTokenizer(dm.patch_embedding.weight, dm.patch_embedding.bias)
+        derived = tokenize.DerivedTokenizer(dm.patch_embedding.weight, dm.patch_embedding.bias)
+
+        def weights(kernel):  # loaded kernels win, the rest are derived (what Apply Memory does)
+            return (loaded or {}).get(tuple(kernel)) or derived(kernel)
+
         embedded = context_lib.embed_context(processed, weights, dtype=x.dtype, grid_unit=(1, 2, 2))
         pe = dm.rope_embedder(embedded.positions.unsqueeze(0)).movedim(1, 2)
         return embedded, pe
 
-    def reference(t, stop_before=None):
+    def reference(t, stop_before=None, loaded=None):
         """The model computed by hand with the memory concatenated to the sequence (no merging)."""
-        embedded, mem_pe = memory_tokens(ctx)
+        embedded, mem_pe = memory_tokens(ctx, loaded)
         with torch.no_grad():
             video = dm.patch_embedding(x.float()).to(x.dtype)
             grid = video.shape[2:]
@@ -106,12 +110,15 @@ def main() -> int:
     out["memory_effect_frames"] = max_diff(off_f, plain_f)
     out["output_shape"] = list(off_s.shape)
 
-    # 3. loaded tokenizer weights (here equal to the derived ones) go through the additional ModelPatcher
-    weights = tokenize.DerivedTokenizer(dm.patch_embedding.weight, dm.patch_embedding.bias)
-    modules = {"tokenizers": {"1x4x4": weights((1, 4, 4)), (1, 8, 8): weights((1, 8, 8))}}
+    # 3. loaded tokenizer weights (different from the derived ones) are used, and ride in an additional ModelPatcher
+    derived = tokenize.DerivedTokenizer(dm.patch_embedding.weight, dm.patch_embedding.bias)
+    loaded = {kernel: (derived(kernel)[0] * 1.5, derived(kernel)[1] + 0.05) for kernel in ((1, 4, 4), (1, 8, 8))}
+    modules = {"tokenizers": {"1x4x4": loaded[(1, 4, 4)], (1, 8, 8): loaded[(1, 8, 8)]}}
     loaded_patched, _ = node.patch_model(model, ctx, "auto", 0.5, "off", modules)
+    loaded_out = run(loaded_patched, t_scalar)
     out["loaded_additional_models"] = len(loaded_patched.get_additional_models_with_key(patch.WRAPPER_KEY))
-    out["loaded_vs_derived_max_diff"] = max_diff(run(loaded_patched, t_scalar), off_s)
+    out["loaded_vs_reference_max_diff"] = max_diff(loaded_out, reference(t_scalar, loaded=loaded))
+    out["loaded_vs_derived_max_diff"] = max_diff(loaded_out, off_s)
 
     # 4. clone() shares the patch closures and model_options hold no tensors
     clone = off_patched.clone()
