@@ -242,7 +242,8 @@ class MemoryStreamState:
         self.responsiveness = full
         if settings.plan_rows is not None:
             scores = scores[list(settings.plan_rows)]
-        chosen = tuple(int(candidate_frames[i]) for i in merge_plan(scores, settings.ratio))
+        candidate_list = candidate_frames.tolist()  # one device sync, not one per merged frame
+        chosen = tuple(int(candidate_list[i]) for i in merge_plan(scores, settings.ratio))
         before = self.num_tokens
         self.tokens, self.positions, self.layout = merge_frames(
             self.tokens, self.positions, self.layout, chosen, settings.factor, settings.operator, settings.mode

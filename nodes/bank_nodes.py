@@ -180,6 +180,9 @@ class BankAdd(io.ComfyNode):
         if not isinstance(samples, dict) or not hasattr(samples.get("samples"), "shape"):
             raise ValueError("samples: expected a LATENT (a dict holding a 'samples' tensor); connect a sampler's "
                              "or VAE Encode's LATENT output")
+        if samples["samples"].ndim == 5 and samples["samples"].shape[0] != 1:
+            raise ValueError(f"samples: a batch of {samples['samples'].shape[0]} videos; a bank entry is one video, "
+                             "so add them one at a time (e.g. Latent From Batch with length 1 per Bank Add).")
         c2w = intrinsics = None
         if camera is not None:
             c2w = getattr(camera, "c2w", camera)

@@ -124,6 +124,11 @@ def _segment_list(images: list, plan: list[tuple[int, int]]) -> list[torch.Tenso
 
 
 def _decode(vae, latent: torch.Tensor, frames: int, entry_id: str, segment_index: int) -> torch.Tensor:
+    channels = getattr(vae, "latent_channels", None)
+    if channels is not None and latent.shape[-4] != channels:
+        raise ValueError(f"vae: bank entry {entry_id} (segment {segment_index}) holds {latent.shape[-4]}-channel "
+                         f"latents but this VAE takes {channels}; connect the VAE of the model that made the bank "
+                         "(Wan 2.1: 16 channels, Wan 2.2: 48).")
     images = vae.decode(latent if latent.ndim == 5 else latent.unsqueeze(0))
     images = images.reshape(-1, *images.shape[-3:])  # video VAEs return [batch, frames, H, W, C]
     if images.shape[0] != frames:
@@ -208,7 +213,8 @@ class StitchSegments(io.ComfyNode):
         if segments:
             pieces, origin = _segment_list(segments, plan), "the segments input"
         else:
-            pieces, origin = cls._from_bank(first(bank), first(vae), first(source_id, ""), plan)
+            pieces, origin = cls._from_bank(first(bank), first(vae), first(source_id, ""), plan,
+                                            first(fill_missing, False))
         missing = [i for i, p in enumerate(pieces) if p is None]
         if missing and not first(fill_missing, False):
             raise ValueError(f"bank: segments {', '.join(map(str, missing))} (of {len(plan)}, numbered from 0) of "
@@ -220,7 +226,7 @@ class StitchSegments(io.ComfyNode):
         return io.NodeOutput(video, report, ui={"text": [report]})
 
     @classmethod
-    def _from_bank(cls, bank, vae, source_id: str, plan: list) -> tuple[list, str]:
+    def _from_bank(cls, bank, vae, source_id: str, plan: list, fill_missing: bool) -> tuple[list, str]:
         if bank is None:
             raise ValueError("bank / segments: neither is connected; connect the bank (with a vae) or the decoded "
                              "segments")
@@ -232,11 +238,18 @@ class StitchSegments(io.ComfyNode):
         if beyond:
             logger.warning("Stitch Segments: bank entries for segments %s lie beyond the plan's %d segments (another "
                            "segment_length/overlap?); ignored", beyond, len(plan))
+        missing = [i for i in range(len(plan)) if i not in by_index]
+        if missing and not fill_missing:  # say so before minutes of decoding, not after
+            raise ValueError(f"bank: segments {', '.join(map(str, missing))} (of {len(plan)}, numbered from 0) of "
+                             f"source_id '{source_id}' are not in bank '{getattr(bank, 'name', '?')}' yet. Edit and "
+                             "add them, or turn on fill_missing to take them from the source video.")
+        import comfy.model_management
         import comfy.utils
 
         progress = comfy.utils.ProgressBar(len(plan))
         pieces: list[torch.Tensor | None] = []
         for index, (start, end) in enumerate(plan):
+            comfy.model_management.throw_exception_if_processing_interrupted()
             entry = by_index.get(index)
             pieces.append(None if entry is None else
                           _decode(vae, bank.load_latent(entry.entry_id), end - start, entry.entry_id, index))

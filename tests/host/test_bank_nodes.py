@@ -68,3 +68,14 @@ def test_bad_bank_name_is_refused_before_anything_is_created(host):
     assert not (host.server.output_dir / "escape").exists()
     banks = host.server.output_dir / "memory_banks"
     assert not banks.exists() or all(path.name != "escape" for path in banks.iterdir())
+
+
+def test_a_batch_of_videos_is_refused_with_the_fix(host):
+    prompt = {"1": {"class_type": "MemV2V_BankLoad", "inputs": {"name": "host_bank_batch"}},
+              "2": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5,
+                                                                       "batch_size": 2}},
+              "3": {"class_type": "MemV2V_BankAdd", "inputs": {"bank": ["1", 0], "samples": ["2", 0]}}}
+    with pytest.raises(PromptFailed) as failure:
+        host.run(prompt)
+    assert "samples: a batch of 2 videos" in str(failure.value) and "Latent From Batch" in str(failure.value)
+    assert len(MemoryBank.open(host.server.output_dir / "memory_banks" / "host_bank_batch")) == 0
