@@ -80,6 +80,16 @@ def subprocess_env(extra_pythonpath: list[Path] = ()) -> dict[str, str]:
     return env
 
 
+def use_cpu() -> bool:
+    """Run ComfyUI on the CPU unless ``MEMV2V_HOST_DEVICE=gpu`` (or ``auto`` on a machine with CUDA)."""
+    choice = os.environ.get("MEMV2V_HOST_DEVICE", "cpu").lower()
+    if choice == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return choice != "gpu"
+
+
 class PromptRejected(RuntimeError):
     """``POST /prompt`` refused the prompt (validation failed); ``details`` holds the server's answer."""
 
@@ -267,7 +277,8 @@ class ComfyServer:
         return target
 
     def start(self, timeout: float = 180) -> None:
-        args = [self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        device = ["--cpu"] if use_cpu() else []
+        args = [self.python, str(self.comfyui / "main.py"), *device, "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.base_dir), "--disable-api-nodes", "--disable-auto-launch",
                 "--database-url", "sqlite:///:memory:", *self.extra_args]
         log = open(self.log_path, "ab")
