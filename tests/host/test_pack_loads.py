@@ -52,3 +52,11 @@ def test_server_log_shows_no_import_failure_for_the_pack(host):
 def test_web_extension_is_served(host):
     extensions = host.client.get_json("/extensions")
     assert any(path.startswith("/extensions/memory-v2v/") for path in extensions), extensions
+
+
+def test_shipped_workflows_are_in_the_template_browser(host):
+    templates = host.client.get_json("/workflow_templates")
+    shipped = sorted(path.stem for path in (REPO_ROOT / "workflows").glob("*.json"))
+    assert sorted(templates.get("memory-v2v", [])) == shipped, templates
+    first = host.client.get_json(f"/api/workflow_templates/memory-v2v/{shipped[0]}.json")
+    assert first["nodes"] and first["links"]  # served as the UI-format graph the browser opens
