@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -102,12 +102,17 @@ def missing_segments(segments: Sequence[torch.Tensor | None]) -> list[int]:
     return [i for i, segment in enumerate(segments) if segment is None]
 
 
-def stitch(segments: Sequence[torch.Tensor | None], plan: Sequence[Window], num_frames: int, blend: str = "cut",
+SegmentSource = Union[torch.Tensor, Callable[[], torch.Tensor], None]
+
+
+def stitch(segments: Sequence[SegmentSource], plan: Sequence[Window], num_frames: int, blend: str = "cut",
            fill: torch.Tensor | None = None) -> torch.Tensor:
     """Assemble segments ([frames, H, W, C] each, in plan order) into one [num_frames, H, W, C] video.
 
-    A missing segment (None) is taken from ``fill`` (the source video, resized to the segments' size when it
-    differs); without ``fill`` missing segments are an error that lists them.
+    A segment may be a tensor or a callable that produces it (e.g. a VAE decode): callables are called once, in plan
+    order, and each result is written into the output and dropped, so at most one decoded segment is held besides
+    the output. A missing segment (None) is taken from ``fill`` (the source video, resized to the segments' size
+    when it differs); without ``fill`` missing segments are an error that lists them.
     """
     _check_blend(blend)
     _check_plan(plan, num_frames)
@@ -123,24 +128,23 @@ def stitch(segments: Sequence[torch.Tensor | None], plan: Sequence[Window], num_
     elif missing:
         raise ValueError(f"segments {', '.join(map(str, missing))} (of {len(plan)}, numbered from 0) are missing: "
                          "edit and store them first, or fill them from the source video.")
-    present = [s for s in segments if s is not None]
-    reference = present[0] if present else fill
+    first_present = next((i for i, s in enumerate(segments) if s is not None), None)
+    produced = {} if first_present is None else {first_present: _produce(segments[first_present])}
+    reference = produced.get(first_present, fill)
     height, width, channels = reference.shape[1:]
     dtype = reference.dtype if reference.is_floating_point() else torch.float32
-    pieces = []
-    for index, ((start, end), segment) in enumerate(zip(plan, segments)):
-        if segment is None:
-            segment = _resized(fill[start:end], height, width)
+
+    out = torch.empty((num_frames, height, width, channels), dtype=dtype, device=reference.device)
+    written = 0  # frames [0, written) hold the stitch so far
+    for index, ((start, end), item) in enumerate(zip(plan, segments)):
+        segment = produced.pop(index) if index in produced else (
+            _resized(fill[start:end], height, width) if item is None else _produce(item))
         _check_video(f"segment {index}", segment)
         if tuple(segment.shape) != (end - start, height, width, channels):
             raise ValueError(f"segment {index} has shape {list(segment.shape)} but window {start}..{end} needs "
                              f"{[end - start, height, width, channels]}; every segment must have its window's frame "
                              "count and the same size (decode edited latents with the same VAE and resolution)")
-        pieces.append(segment.to(device=reference.device, dtype=dtype))
-
-    out = torch.empty((num_frames, height, width, channels), dtype=dtype, device=reference.device)
-    written = 0  # frames [0, written) hold the stitch so far
-    for (start, end), segment in zip(plan, pieces):
+        segment = segment.to(device=reference.device, dtype=dtype)
         shared = written - start
         if shared > 0 and blend == "cut":
             half = shared // 2
@@ -151,7 +155,12 @@ def stitch(segments: Sequence[torch.Tensor | None], plan: Sequence[Window], num_
             out[start:written] = earlier + weight * (segment[:shared] - earlier)  # == earlier wherever they agree
         out[written:end] = segment[max(shared, 0):]
         written = end
+        reference = out if index == first_present else reference  # drop the first decoded segment once written
     return out
+
+
+def _produce(item: SegmentSource) -> torch.Tensor:
+    return item() if callable(item) else item
 
 
 def source_fingerprint(frames: torch.Tensor) -> str:

@@ -247,13 +247,17 @@ class StitchSegments(io.ComfyNode):
         import comfy.utils
 
         progress = comfy.utils.ProgressBar(len(plan))
-        pieces: list[torch.Tensor | None] = []
-        for index, (start, end) in enumerate(plan):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            entry = by_index.get(index)
-            pieces.append(None if entry is None else
-                          _decode(vae, bank.load_latent(entry.entry_id), end - start, entry.entry_id, index))
-            progress.update(1)
+
+        def decoder(entry, index: int, frames: int):
+            def decode() -> torch.Tensor:  # called by stitch, one segment at a time, so only one is held decoded
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                images = _decode(vae, bank.load_latent(entry.entry_id), frames, entry.entry_id, index)
+                progress.update(1)
+                return images
+            return decode
+
+        pieces = [None if index not in by_index else decoder(by_index[index], index, end - start)
+                  for index, (start, end) in enumerate(plan)]
         for note in notes:
             logger.info("Stitch Segments: %s", note)
         return pieces, f"bank '{getattr(bank, 'name', '?')}'"

@@ -168,3 +168,24 @@ def test_source_fingerprint_tells_videos_apart(videos):
     assert source_fingerprint(videos[4].clone()) == ids[4]
     assert source_fingerprint(videos[4][:-1]) != ids[4]
     assert all(i.startswith("src-") and len(i) == 16 for i in ids.values())
+
+
+def test_segments_given_as_callables_are_produced_once_in_order_and_stitch_the_same():
+    video = torch.rand(40, 4, 6, 3)
+    plan = plan_segments(40, 17, 4)
+    calls = []
+
+    def producer(index, start, end):
+        def produce():
+            calls.append(index)
+            return video[start:end].clone()
+        return produce
+
+    lazy = [producer(i, start, end) for i, (start, end) in enumerate(plan)]
+    lazy[1] = None  # a missing one, filled from the source
+    eager = [video[start:end].clone() for start, end in plan]
+    eager[1] = None
+    for blend in BLENDS:
+        calls.clear()
+        assert torch.equal(stitch(lazy, plan, 40, blend, fill=video), stitch(eager, plan, 40, blend, fill=video))
+        assert calls == [i for i in range(len(plan)) if i != 1]  # each produced once, in plan order
