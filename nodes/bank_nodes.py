@@ -13,7 +13,9 @@ from comfy_api.latest import io
 
 from ..memv2v_core.bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
                                 latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
+from ..memv2v_core.camera import Trajectory
 from ..memv2v_core.contact_sheet import LatentPreview, contact_sheet
+from ..memv2v_core.fov import fov_mask
 from .paths import banks_root
 from .socket_types import Bank, Camera, Descriptor, Selection
 
@@ -183,7 +185,9 @@ class BankAdd(io.ComfyNode):
         if samples["samples"].ndim == 5 and samples["samples"].shape[0] != 1:
             raise ValueError(f"samples: a batch of {samples['samples'].shape[0]} videos; a bank entry is one video, "
                              "so add them one at a time (e.g. Latent From Batch with length 1 per Bank Add).")
-        c2w = intrinsics = None
+        c2w = intrinsics = mask = None
+        if isinstance(camera, Trajectory):  # FOV retrieval then reads this mask and never re-projects the entry
+            mask = fov_mask(camera)
         if camera is not None:
             c2w = getattr(camera, "c2w", camera)
             intrinsics = getattr(camera, "intrinsics", None)
@@ -202,7 +206,8 @@ class BankAdd(io.ComfyNode):
                 samples["samples"], latent_format=latent_format, camera=c2w, intrinsics=intrinsics,
                 keyframes=keyframes, prompt=prompt or "", segment_index=None if segment_index < 0 else segment_index,
                 parents=list(parents.entry_ids) if parents is not None else [], source_id=source_id or None,
-                seed=None if seed < 0 else seed, model=_model_identity(model), descriptor=vector, extra=extra)
+                seed=None if seed < 0 else seed, model=_model_identity(model), descriptor=vector, extra=extra,
+                fov_mask=mask)
         except ValueError as error:
             raise ValueError(f"{_input_for(str(error))}: {error}") from None
         entry = bank.entry(entry_id)
@@ -218,7 +223,7 @@ class BankAdd(io.ComfyNode):
 _INPUT_OF_FIELD = {"latent": "samples", "latent_format": "samples/model", "camera": "camera", "intrinsics": "camera",
                    "keyframes": "keyframes", "prompt": "prompt", "segment_index": "segment_index",
                    "source_id": "source_id", "parents": "parents", "seed": "seed", "model": "model",
-                   "descriptor": "descriptor"}
+                   "descriptor": "descriptor", "fov_mask": "camera"}
 
 
 def _input_for(message: str) -> str:

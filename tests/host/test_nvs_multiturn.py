@@ -105,6 +105,7 @@ def test_bank_holds_three_entries_with_trajectories_and_parents(turns):
     assert [list(e.parents) for e in entries] == [[], [first], [second, first]]
     for entry, preset in zip(entries, PRESETS):
         assert entry.has("camera")
+        assert entry.has("fov_mask")  # made at Bank Add, so retrieval never re-projects a stored generation
         assert list(bank.load_tensor(entry.entry_id, "camera").shape) == [FRAMES, 4, 4]
         assert entry.seed is not None and entry.model
 
