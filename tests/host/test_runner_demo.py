@@ -5,14 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from memv2v_cli import comfy_host
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_runner_demo_mode_runs_two_turns(tmp_path):
+@pytest.mark.parametrize("workflow", [[], ["memv2v_t2v_bank_turns"]], ids=["default_nvs", "t2v_bank_turns"])
+def test_runner_demo_mode_runs_two_turns(tmp_path, workflow):
     base = tmp_path / "demo-base"
-    done = subprocess.run([sys.executable, "-m", "memv2v_cli", "run", "--demo", "--turns", "2", "--base-dir", str(base)],
+    done = subprocess.run([sys.executable, "-m", "memv2v_cli", "run", *workflow, "--demo", "--turns", "2",
+                           "--base-dir", str(base)],
                           cwd=REPO_ROOT, env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
