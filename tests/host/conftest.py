@@ -72,7 +72,10 @@ def build_assets(comfyui: Path) -> dict[str, str]:
 def host(tmp_path_factory) -> Host:
     assert COMFYUI is not None  # unreachable: host tests are skipped without a host
     assets = build_assets(COMFYUI)
-    server = comfy_host.ComfyServer(COMFYUI, tmp_path_factory.mktemp("comfy-base"))
+    # ComfyUI's default CPU attention chunks by free memory at call time, so results depend on what ran before;
+    # PyTorch's attention is deterministic, which exact comparisons between prompts need.
+    server = comfy_host.ComfyServer(COMFYUI, tmp_path_factory.mktemp("comfy-base"),
+                                    extra_args=("--use-pytorch-cross-attention",))
     server.install_custom_node(REPO_ROOT, comfy_host.PACK_NAME)
     server.install_custom_node(REPO_ROOT / "memv2v_cli" / "demo_nodes", "memv2v_demo")
     server.add_model("diffusion_models", Path(assets["dit"]))

@@ -72,7 +72,12 @@ def turns(request, host, checkpoints):
         if node["class_type"] == "KSampler":
             node["inputs"]["seed"] += 2
     plain_report = runner.run_turns(host.client, plain, 1, plain_settings, vary_seed=False, out=lines.append)[0]
-    return kind, reports, bank, plain_report, "\n".join(lines)
+    # The control: turn 1 had no memory, so the no-memory workflow with its preset and seed must give its video.
+    control = demo_prompt(host, "memv2v_recammaster_no_memory", checkpoints[kind], "", f"nvs_{kind}/control",
+                          SIZES[kind])
+    control_settings = runner.parse_settings([f"Camera Preset.preset={PRESETS[0]}"], control)
+    control_report = runner.run_turns(host.client, control, 1, control_settings, vary_seed=False, out=lines.append)[0]
+    return kind, reports, bank, (plain_report, control_report), "\n".join(lines)
 
 
 def _retrieved(report) -> list[tuple[str, float]]:
@@ -118,13 +123,26 @@ def test_three_videos_with_the_expected_frame_count(turns, host):
         assert frames_of(video).shape[:3] == (FRAMES, SIZES[kind], SIZES[kind])
 
 
+def _video(host, report) -> np.ndarray:
+    return frames_of(host.server.output_dir / next(f for f in report.files if f.endswith(".mp4"))).astype(np.int16)
+
+
+def test_workflows_agree_where_memory_plays_no_part(turns, host, request):
+    """Turn 1 retrieves nothing, so the no-memory workflow with its preset and seed must give its video exactly."""
+    kind, reports, _, (_, control_report), _ = turns
+    if kind == "memoryv2v_safetensors":
+        # Open bug, reproduced in isolation: with Memory-V2V-layout modules (loaded tokenizers and merger), the first
+        # turn that carries memory changes what the same no-memory graph gives afterwards (repeated runs after it
+        # agree with each other). Not ComfyUI's memory-dependent CPU attention: it persists with PyTorch attention.
+        request.node.add_marker(pytest.mark.xfail(reason="open bug: state left by the first memory turn with loaded "
+                                                         "Memory-V2V modules changes later prompts"))
+    assert np.array_equal(_video(host, reports[0]), _video(host, control_report))
+
+
 def test_memory_changes_the_output(turns, host):
-    _, reports, _, plain_report, _ = turns
-    with_memory = next(f for f in reports[2].files if f.endswith(".mp4"))
-    without = next(f for f in plain_report.files if f.endswith(".mp4"))
-    a = frames_of(host.server.output_dir / with_memory).astype(np.int16)
-    b = frames_of(host.server.output_dir / without).astype(np.int16)
-    assert a.shape == b.shape and np.abs(a - b).max() > 0
+    _, reports, _, (plain_report, _), _ = turns
+    with_memory, without = _video(host, reports[2]), _video(host, plain_report)
+    assert with_memory.shape == without.shape and np.abs(with_memory - without).max() > 0
 
 
 def test_modules_report_and_camera_on_apply_memory(turns):
