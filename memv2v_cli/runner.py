@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import comfy_host, graph
+from . import comfy_host, demo_setup, graph
 
 logger = logging.getLogger(__name__)
 
@@ -197,31 +195,13 @@ def _progress_printer(prompt: dict, out: Callable[[str], None]) -> Callable[[str
 
 
 def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None]) -> tuple[comfy_host.ComfyServer, dict]:
-    """A private ComfyUI with this pack, the demo pack and the demo models (built once, cached)."""
-    import subprocess
-
+    """A private ComfyUI with this pack, the demo pack, the demo models and checkpoints (built once, cached)."""
     cache = Path.home() / ".cache" / "memv2v" / "demo-assets" / comfy_host.comfyui_version(comfyui)
     out(f"building demo models in {cache} (first run only)")
-    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_models", "--comfyui", str(comfyui), "--out", str(cache)],
-                          cwd=comfy_host.PACK_ROOT, env=comfy_host.subprocess_env(), capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the demo models failed:\n{done.stderr[-3000:]}")
-    assets = json.loads(done.stdout.strip().splitlines()[-1])
-    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_checkpoints", "--comfyui", str(comfyui), "--out",
-                           str(cache)], cwd=comfy_host.PACK_ROOT, env=comfy_host.subprocess_env(), capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the demo ReCamMaster / Memory-V2V checkpoints failed:\n{done.stderr[-3000:]}")
-    assets.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    server = comfy_host.ComfyServer(comfyui, base_dir)
-    server.install_custom_node(comfy_host.PACK_ROOT, comfy_host.PACK_NAME)
-    server.install_custom_node(comfy_host.PACK_ROOT / "memv2v_cli" / "demo_nodes", "memv2v_demo")
-    server.add_model("diffusion_models", Path(assets["dit"]))
-    for key in ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors"):
-        server.add_model("diffusion_models", Path(assets[key]))
-    server.add_model("vae", Path(assets["vae"]))
-    shutil.copy(assets["video"], server.base_dir / "input" / Path(assets["video"]).name)
-    return server, assets
+    assets = demo_setup.build_assets("demo_models", comfyui, cache)
+    assets.update(demo_setup.build_assets("demo_checkpoints", comfyui, cache))
+    checkpoints = ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors")
+    return demo_setup.private_server(comfyui, base_dir, assets, ("dit", *checkpoints)), assets
 
 
 def run(args, out: Callable[[str], None] = print) -> int:

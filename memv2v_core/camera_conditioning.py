@@ -8,6 +8,8 @@ first camera), each memory its stored trajectory relative to the target's first 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .camera import TEMPORAL_STRIDE, Trajectory, recammaster_embedding

@@ -4,7 +4,6 @@ returns to an earlier scene."""
 import logging
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -492,7 +492,7 @@ def test_notes_are_dropped():
 
 def test_links_saved_as_objects_are_read():
     builder = UIWorkflow()
-    ids = _t2v(builder)
+    _t2v(builder)
     workflow = builder.to_json()
     workflow["links"] = [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
                          for link in workflow["links"]]

@@ -1,6 +1,5 @@
 """Segments: window planning, splitting, and stitching back (bit-exact for unedited segments on real videos)."""
 
-import numpy as np
 import pytest
 import torch
 

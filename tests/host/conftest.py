@@ -6,17 +6,13 @@ every host test is skipped with one reason that says how to enable them.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from memv2v_cli import comfy_host
+from memv2v_cli import comfy_host, demo_setup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSET_CACHE = Path(os.environ.get("MEMV2V_TEST_CACHE", Path.home() / ".cache" / "memv2v" / "test-assets"))
@@ -58,29 +54,14 @@ class Host:
         return self.server.output_dir / relative
 
 
-def build_assets(comfyui: Path) -> dict[str, str]:
-    """Build the tiny models once per ComfyUI version (cached between runs; the builder is deterministic)."""
-    out = ASSET_CACHE / comfy_host.comfyui_version(comfyui)
-    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_models", "--comfyui", str(comfyui), "--out", str(out)],
-                          cwd=REPO_ROOT, env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the tiny test models failed:\n{done.stdout}\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Host:
     assert COMFYUI is not None  # unreachable: host tests are skipped without a host
-    assets = build_assets(COMFYUI)
+    assets = demo_setup.build_assets("demo_models", COMFYUI, ASSET_CACHE / comfy_host.comfyui_version(COMFYUI))
     # ComfyUI's default CPU attention chunks by free memory at call time, so results depend on what ran before;
     # PyTorch's attention is deterministic, which exact comparisons between prompts need.
-    server = comfy_host.ComfyServer(COMFYUI, tmp_path_factory.mktemp("comfy-base"),
-                                    extra_args=("--use-pytorch-cross-attention",))
-    server.install_custom_node(REPO_ROOT, comfy_host.PACK_NAME)
-    server.install_custom_node(REPO_ROOT / "memv2v_cli" / "demo_nodes", "memv2v_demo")
-    server.add_model("diffusion_models", Path(assets["dit"]))
-    server.add_model("vae", Path(assets["vae"]))
-    shutil.copy(assets["video"], server.base_dir / "input" / Path(assets["video"]).name)
+    server = demo_setup.private_server(COMFYUI, tmp_path_factory.mktemp("comfy-base"), assets,
+                                       extra_args=("--use-pytorch-cross-attention",))
     server.start()
     try:
         yield Host(server, assets)

@@ -1,6 +1,5 @@
 """Camera and FOV retrieval nodes in the real ComfyUI: retrieval over a bank of stored trajectories, and the preview."""
 
-from pathlib import Path
 
 import torch
 from PIL import Image

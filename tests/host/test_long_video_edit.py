@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import av
 import pytest
 import torch
 
-from memv2v_cli import comfy_host, graph
+from memv2v_cli import comfy_host, demo_setup, graph
 from memv2v_core.bank import MemoryBank
 from memv2v_core.segments import plan_segments
 
@@ -37,12 +35,8 @@ STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
 @pytest.fixture(scope="module")
 def edit_models(host) -> dict[str, str]:
     """The tiny LucyEdit-shaped DiT and the random Wan 2.2 VAE, cached beside the other test assets."""
-    out = Path(host.assets["dit"]).parent
-    done = subprocess.run([sys.executable, "-m", "memv2v_cli.demo_models", "--comfyui", str(host.server.comfyui),
-                           "--out", str(out), "--with", "lucy_dit", "--with", "wan22_vae"], cwd=REPO_ROOT,
-                          env=comfy_host.subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assets = json.loads(done.stdout.strip().splitlines()[-1])
+    assets = demo_setup.build_assets("demo_models", host.server.comfyui, Path(host.assets["dit"]).parent,
+                                     "--with", "lucy_dit", "--with", "wan22_vae")
     host.server.add_model("diffusion_models", Path(assets["lucy_dit"]))
     host.server.add_model("vae", Path(assets["wan22_vae"]))
     return {"dit": Path(assets["lucy_dit"]).name, "vae": Path(assets["wan22_vae"]).name,

@@ -33,7 +33,6 @@ def main() -> int:
     from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
     node = pack("nodes.memory_nodes")
-    camera_patch = pack("nodes.camera_patch")
     checkpoints = pack("memv2v_core.checkpoints")
     context_lib = pack("memv2v_core.context")
     tokenize = pack("memv2v_core.tokenize")
