@@ -6,40 +6,34 @@ Model file names are those of ComfyUI's own Wan templates, so a standard Wan ins
 from __future__ import annotations
 
 from .workflow_builder import Note, WorkflowSpec
+from .workflow_parts import NEGATIVE, UMT5, WAN21_VAE, node
 
 WAN21_T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
-UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
-WAN21_VAE = "wan_2.1_vae.safetensors"
-NEGATIVE = "static, blurry, low quality, jpeg artifacts, deformed, distorted, watermark, subtitles"
-
-
-def _node(class_type: str, title: str, **inputs) -> dict:
-    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
 
 
 def t2v_bank_turns() -> WorkflowSpec:
     """Generate with Wan 2.1 and keep every result in a memory bank; the contact sheet shows what is remembered."""
     prompt = {
-        "1": _node("UNETLoader", "Load Diffusion Model", unet_name=WAN21_T2V, weight_dtype="default"),
-        "2": _node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
-        "3": _node("CLIPTextEncode", "Prompt", clip=["2", 0],
-                   text="a lighthouse on a rocky coast at dusk, waves breaking, slow tracking camera"),
-        "4": _node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
-        "5": _node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=8.0),
-        "6": _node("EmptyHunyuanLatentVideo", "Video Size", width=832, height=480, length=33, batch_size=1),
-        "7": _node("KSampler", "Sampler", model=["5", 0], positive=["3", 0], negative=["4", 0], latent_image=["6", 0],
-                   seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0),
-        "8": _node("VAELoader", "Load VAE", vae_name=WAN21_VAE),
-        "9": _node("VAEDecode", "Decode", samples=["7", 0], vae=["8", 0]),
-        "10": _node("CreateVideo", "Create Video", images=["9", 0], fps=16.0),
-        "11": _node("SaveVideo", "Save Video", video=["10", 0], filename_prefix="memv2v/t2v", format="auto",
-                    codec="auto"),
-        "12": _node("MemV2V_BankLoad", "Memory Bank", name="my_scene"),
-        "13": _node("MemV2V_BankAdd", "Remember This Turn", bank=["12", 0], samples=["7", 0], model=["5", 0],
-                    prompt="a lighthouse on a rocky coast at dusk", seed=42),
-        "14": _node("MemV2V_BankInspect", "What The Bank Holds", bank=["13", 0], max_entries=12, frames=6,
-                    thumb_height=60),
-        "15": _node("PreviewImage", "Contact Sheet", images=["14", 0]),
+        "1": node("UNETLoader", "Load Diffusion Model", unet_name=WAN21_T2V, weight_dtype="default"),
+        "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
+        "3": node("CLIPTextEncode", "Prompt", clip=["2", 0],
+                  text="a lighthouse on a rocky coast at dusk, waves breaking, slow tracking camera"),
+        "4": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
+        "5": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=8.0),
+        "6": node("EmptyHunyuanLatentVideo", "Video Size", width=832, height=480, length=33, batch_size=1),
+        "7": node("KSampler", "Sampler", model=["5", 0], positive=["3", 0], negative=["4", 0], latent_image=["6", 0],
+                  seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0),
+        "8": node("VAELoader", "Load VAE", vae_name=WAN21_VAE),
+        "9": node("VAEDecode", "Decode", samples=["7", 0], vae=["8", 0]),
+        "10": node("CreateVideo", "Create Video", images=["9", 0], fps=16.0),
+        "11": node("SaveVideo", "Save Video", video=["10", 0], filename_prefix="memv2v/t2v", format="auto",
+                   codec="auto"),
+        "12": node("MemV2V_BankLoad", "Memory Bank", name="my_scene"),
+        "13": node("MemV2V_BankAdd", "Remember This Turn", bank=["12", 0], samples=["7", 0], model=["5", 0],
+                   prompt="a lighthouse on a rocky coast at dusk", seed=42),
+        "14": node("MemV2V_BankInspect", "What The Bank Holds", bank=["13", 0], max_entries=12, frames=6,
+                   thumb_height=60),
+        "15": node("PreviewImage", "Contact Sheet", images=["14", 0]),
     }
     notes = [
         Note("### Memory bank turns\nEvery queue run generates a clip and **adds it to the bank** `my_scene` "

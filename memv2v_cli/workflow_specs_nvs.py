@@ -8,53 +8,47 @@ Node titles are how ``python -m memv2v_cli run --set "TITLE.input=..."`` finds n
 from __future__ import annotations
 
 from .workflow_builder import Note, WorkflowSpec
+from .workflow_parts import NEGATIVE, UMT5, WAN21_VAE, node
 
 RECAMMASTER_CKPT = "step20000.ckpt"
-UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
-WAN21_VAE = "wan_2.1_vae.safetensors"
 SOURCE_VIDEO = "source_video.mp4"
 FRAMES, WIDTH, HEIGHT = 81, 832, 480
 PROMPT = "a woman walks through a sunlit garden, the same scene seen from a new camera"
-NEGATIVE = "static, blurry, low quality, jpeg artifacts, deformed, distorted, watermark, subtitles"
-
-
-def _node(class_type: str, title: str, **inputs) -> dict:
-    return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
 
 
 def _rerender_nodes() -> dict:
     """Models, the source video encoded at ReCamMaster's size, the prompt, the target camera (nodes 1-13)."""
     return {
-        "1": _node("UNETLoader", "Load ReCamMaster DiT", unet_name=RECAMMASTER_CKPT, weight_dtype="default"),
-        "2": _node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
-        "3": _node("VAELoader", "Load VAE", vae_name=WAN21_VAE),
-        "4": _node("MemV2V_LoadModules", "Load Camera Modules", checkpoint=RECAMMASTER_CKPT, allow_partial=False),
-        "5": _node("LoadVideo", "Source Video", file=SOURCE_VIDEO),
-        "6": _node("GetVideoComponents", "Video Frames", video=["5", 0]),
-        "7": _node("ImageFromBatch", "Trim Frames", image=["6", 0], batch_index=0, length=FRAMES),
-        "8": _node("ImageScale", "Resize", image=["7", 0], upscale_method="lanczos", width=WIDTH, height=HEIGHT,
-                   crop="center"),
-        "9": _node("VAEEncode", "Encode Source", pixels=["8", 0], vae=["3", 0]),
-        "10": _node("CLIPTextEncode", "Prompt", clip=["2", 0], text=PROMPT),
-        "11": _node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
-        "12": _node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
-        "13": _node("MemV2V_CameraPreset", "Camera Preset", preset="pan_right", frames=FRAMES, strength=1.0,
-                    subject_distance=4.0),
+        "1": node("UNETLoader", "Load ReCamMaster DiT", unet_name=RECAMMASTER_CKPT, weight_dtype="default"),
+        "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
+        "3": node("VAELoader", "Load VAE", vae_name=WAN21_VAE),
+        "4": node("MemV2V_LoadModules", "Load Camera Modules", checkpoint=RECAMMASTER_CKPT, allow_partial=False),
+        "5": node("LoadVideo", "Source Video", file=SOURCE_VIDEO),
+        "6": node("GetVideoComponents", "Video Frames", video=["5", 0]),
+        "7": node("ImageFromBatch", "Trim Frames", image=["6", 0], batch_index=0, length=FRAMES),
+        "8": node("ImageScale", "Resize", image=["7", 0], upscale_method="lanczos", width=WIDTH, height=HEIGHT,
+                  crop="center"),
+        "9": node("VAEEncode", "Encode Source", pixels=["8", 0], vae=["3", 0]),
+        "10": node("CLIPTextEncode", "Prompt", clip=["2", 0], text=PROMPT),
+        "11": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
+        "12": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
+        "13": node("MemV2V_CameraPreset", "Camera Preset", preset="pan_right", frames=FRAMES, strength=1.0,
+                   subject_distance=4.0),
     }
 
 
 def _output_nodes(model: list, context: list) -> dict:
     """Apply Memory (camera on), sampler, decode and save (nodes 17-21)."""
     return {
-        "17": _node("MemV2V_ApplyMemory", "Apply Memory", model=model, context=context, merge_blocks="auto",
-                    merge_ratio=0.5, merge_mode="merge", modules=["4", 0], camera=["13", 0]),
-        "18": _node("KSampler", "Sampler", model=["17", 0], positive=["10", 0], negative=["11", 0],
-                    latent_image=["9", 0], seed=42, steps=50, cfg=5.0, sampler_name="euler", scheduler="simple",
-                    denoise=1.0),
-        "19": _node("VAEDecode", "Decode", samples=["18", 0], vae=["3", 0]),
-        "20": _node("CreateVideo", "Create Video", images=["19", 0], fps=["6", 2]),
-        "21": _node("SaveVideo", "Save Video", video=["20", 0], filename_prefix="memv2v/nvs", format="auto",
-                    codec="auto"),
+        "17": node("MemV2V_ApplyMemory", "Apply Memory", model=model, context=context, merge_blocks="auto",
+                   merge_ratio=0.5, merge_mode="merge", modules=["4", 0], camera=["13", 0]),
+        "18": node("KSampler", "Sampler", model=["17", 0], positive=["10", 0], negative=["11", 0],
+                   latent_image=["9", 0], seed=42, steps=50, cfg=5.0, sampler_name="euler", scheduler="simple",
+                   denoise=1.0),
+        "19": node("VAEDecode", "Decode", samples=["18", 0], vae=["3", 0]),
+        "20": node("CreateVideo", "Create Video", images=["19", 0], fps=["6", 2]),
+        "21": node("SaveVideo", "Save Video", video=["20", 0], filename_prefix="memv2v/nvs", format="auto",
+                   codec="auto"),
     }
 
 
@@ -74,16 +68,16 @@ def multiturn_nvs() -> WorkflowSpec:
     """Re-render the user's video along a new camera each turn, remembering every result (Memory-V2V)."""
     prompt = _rerender_nodes()
     prompt.update({
-        "14": _node("MemV2V_BankLoad", "Memory Bank", name="my_scene"),
-        "15": _node("MemV2V_FOVRetrieve", "FOV Retrieve", bank=["14", 0], camera=["13", 0], top_k=6, lam=0.5,
-                    sphere_radius=1.0),
-        "16": _node("MemV2V_DynamicTokenize", "Dynamic Tokenize", selection=["15", 0], latent=["9", 0], mode="nvs",
-                    fine_ranks=3, user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8",
-                    reverse_memory=True, story_gap=5.0, target_frames=0),
+        "14": node("MemV2V_BankLoad", "Memory Bank", name="my_scene"),
+        "15": node("MemV2V_FOVRetrieve", "FOV Retrieve", bank=["14", 0], camera=["13", 0], top_k=6, lam=0.5,
+                   sphere_radius=1.0),
+        "16": node("MemV2V_DynamicTokenize", "Dynamic Tokenize", selection=["15", 0], latent=["9", 0], mode="nvs",
+                   fine_ranks=3, user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8",
+                   reverse_memory=True, story_gap=5.0, target_frames=0),
     })
     prompt.update(_output_nodes(["12", 0], ["16", 0]))
-    prompt["22"] = _node("MemV2V_BankAdd", "Remember This Turn", bank=["14", 0], samples=["18", 0], camera=["13", 0],
-                         prompt=PROMPT, parents=["15", 0], model=["1", 0], seed=42)
+    prompt["22"] = node("MemV2V_BankAdd", "Remember This Turn", bank=["14", 0], samples=["18", 0], camera=["13", 0],
+                        prompt=PROMPT, parents=["15", 0], model=["1", 0], seed=42)
     notes = [
         Note("### Multi-turn novel view synthesis\nEach queue run re-renders **Source Video** along a new camera and "
              "**adds the result to the bank** `my_scene` (under `output/memory_banks/`). Later turns retrieve the "
@@ -108,9 +102,9 @@ def multiturn_nvs() -> WorkflowSpec:
 def recammaster_no_memory() -> WorkflowSpec:
     """Plain ReCamMaster re-rendering (the source video and the target camera only), to compare against memory."""
     prompt = _rerender_nodes()
-    prompt["16"] = _node("MemV2V_DynamicTokenize", "Source Tokens", latent=["9", 0], mode="nvs", fine_ranks=3,
-                         user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8", reverse_memory=True,
-                         story_gap=5.0, target_frames=0)
+    prompt["16"] = node("MemV2V_DynamicTokenize", "Source Tokens", latent=["9", 0], mode="nvs", fine_ranks=3,
+                        user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8", reverse_memory=True,
+                        story_gap=5.0, target_frames=0)
     prompt.update(_output_nodes(["12", 0], ["16", 0]))
     prompt["21"]["inputs"]["filename_prefix"] = "memv2v/recammaster"
     notes = [
