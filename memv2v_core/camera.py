@@ -189,9 +189,12 @@ class Trajectory:
         q0 = Quaternion.from_matrix(self.rotations[lower])
         q1 = Quaternion.from_matrix(self.rotations[upper])
         rotations = q0.slerp(q1, weight).matrix()
-        # Frames that land exactly on an input frame keep it bit for bit (no quaternion round trip).
-        exact = weight == 0
-        rotations[exact] = self.rotations[lower[exact]]
+        # Frames that land exactly on an input frame (weight 0 or 1) keep it bit for bit: a slerp at weight 1 is
+        # not exact on every CPU.
+        exact = (weight == 0) | (weight == 1)
+        source = torch.where(weight == 1, upper, lower)[exact]
+        rotations[exact] = self.rotations[source]
+        centers[exact] = self.centers[source]
         c2w = torch.eye(4).repeat(frames, 1, 1)
         c2w[:, :3, :3] = rotations
         c2w[:, :3, 3] = centers

@@ -79,6 +79,9 @@ def test_relative_to_uses_the_reference_first_camera():
 def test_resample_picks_every_fourth_frame_and_interpolates_between():
     trajectory = preset_trajectory("arc_right", 81)
     assert torch.equal(trajectory.resample(21).c2w, trajectory.c2w[::4])
+    # Input poses come back bit for bit at both ends of every interval (weight 0 and weight 1), on any CPU.
+    doubled = preset_trajectory("arc_right", 9).resample(17)
+    assert torch.equal(doubled.c2w[::2], preset_trajectory("arc_right", 9).c2w)
     halfway = preset_trajectory("pan_right", 3).resample(5)  # frame 1 of 5 lies halfway between frames 0 and 1 of 3
     assert rotation_angle_deg(halfway.rotations[1]) == pytest.approx(19.8758 / 4, abs=1e-3)
     zoom = preset_trajectory("zoom_in", 2).resample(11)
