@@ -1,1 +1,2 @@
-"""Command-line tools of the Memory-V2V pack: workflow conversion, a ComfyUI server handle and the headless runner."""
+"""Command-line tools of the Memory-V2V pack: the headless runner and UI<->API workflow conversion (what users run), with
+``host`` (driving a ComfyUI), ``demo`` (tiny models, demo pack) and ``authoring`` (the shipped workflows' sources)."""

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import comfy_host, demo_setup, graph
+from . import graph
+from .demo import setup as demo_setup
+from .host import comfy_host
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +200,8 @@ def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None
     """A private ComfyUI with this pack, the demo pack, the demo models and checkpoints (built once, cached)."""
     cache = Path.home() / ".cache" / "memv2v" / "demo-assets" / comfy_host.comfyui_version(comfyui)
     out(f"building demo models in {cache} (first run only)")
-    assets = demo_setup.build_assets("demo_models", comfyui, cache)
-    assets.update(demo_setup.build_assets("demo_checkpoints", comfyui, cache))
+    assets = demo_setup.build_assets("demo.models", comfyui, cache)
+    assets.update(demo_setup.build_assets("demo.checkpoints", comfyui, cache))
     checkpoints = ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors")
     return demo_setup.private_server(comfyui, base_dir, assets, ("dit", *checkpoints)), assets
 

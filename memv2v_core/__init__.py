@@ -1,9 +1,10 @@
 """Memory-V2V core: a host-independent torch library for video memory.
 
-The memory bank, camera trajectories and FOV retrieval, segment descriptors,
-dynamic tokenization, memory-token streams and token merging live here. Nothing in
-this package imports ComfyUI; the ComfyUI nodes in ``nodes/`` are thin glue over it.
-Submodules are imported on demand so that ``import memv2v_core`` stays cheap.
+One package per stage of the data flow, bank -> retrieval -> tokenization -> sampling -> bank: ``bank`` (the
+persistent memory), ``camera`` (trajectories), ``retrieval`` (what a turn remembers), ``memory`` (memory tokens,
+positions, merging, the stream through the DiT); beside them ``segments`` (long videos in pieces) and
+``checkpoints`` (model files). Nothing here imports ComfyUI; the nodes in ``nodes/`` are thin glue over it.
+Packages are imported on demand so that ``import memv2v_core`` stays cheap. Public API: ``docs/public-api.md``.
 """
 
 __version__ = "0.1.0"

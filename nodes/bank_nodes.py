@@ -1,6 +1,6 @@
 """Memory bank nodes: load (or create) a bank, add a generation to it, save a copy, and inspect it.
 
-Glue only: names and ComfyUI types in, ``memv2v_core.bank`` calls, a one-line summary out.
+Glue only: names and ComfyUI types in, ``memv2v_core.bank.memory_bank`` calls, a one-line summary out.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from datetime import datetime
 
 from comfy_api.latest import io
 
-from ..memv2v_core.bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
+from ..memv2v_core.bank.memory_bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
                                 latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
-from ..memv2v_core.camera import Trajectory
-from ..memv2v_core.contact_sheet import LatentPreview, contact_sheet
-from ..memv2v_core.fov import fov_mask
+from ..memv2v_core.camera.trajectory import Trajectory
+from ..memv2v_core.bank.contact_sheet import LatentPreview, contact_sheet
+from ..memv2v_core.retrieval.fov import fov_mask
 from .paths import banks_root
 from .socket_types import Bank, Camera, Descriptor, Selection
 

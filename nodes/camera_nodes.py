@@ -7,12 +7,12 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..memv2v_core.camera import Trajectory
-from ..memv2v_core.camera_io import FORMATS, load_trajectory
-from ..memv2v_core.camera_presets import PRESET_DESCRIPTIONS, PRESET_NAMES, SUBJECT_DISTANCE, preset_trajectory
-from ..memv2v_core.camera_preview import PreviewTrack, preview_tracks_from_bank, render_camera_preview
-from ..memv2v_core.fov import DEFAULT_LAMBDA, DEFAULT_TOP_K, FOVParams, fov_mask, fov_overlap, combine_scores
-from ..memv2v_core.retrieval import rank_bank_by_fov
+from ..memv2v_core.camera.trajectory import Trajectory
+from ..memv2v_core.camera.files import FORMATS, load_trajectory
+from ..memv2v_core.camera.presets import PRESET_DESCRIPTIONS, PRESET_NAMES, SUBJECT_DISTANCE, preset_trajectory
+from ..memv2v_core.retrieval.preview import PreviewTrack, preview_tracks_from_bank, render_camera_preview
+from ..memv2v_core.retrieval.fov import DEFAULT_LAMBDA, DEFAULT_TOP_K, FOVParams, fov_mask, fov_overlap, combine_scores
+from ..memv2v_core.retrieval.fov_retrieval import rank_bank_by_fov
 from .socket_types import Bank, Camera
 
 CATEGORY = "MemoryV2V/camera"

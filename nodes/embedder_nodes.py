@@ -1,6 +1,6 @@
 """Segment retrieval nodes: load an image embedder, and rank earlier source segments by similarity to the current one.
 
-Glue only: ComfyUI types in, ``memv2v_core.embedders`` / ``memv2v_core.descriptors`` do the work.
+Glue only: ComfyUI types in, ``memv2v_core.retrieval.embedders`` / ``memv2v_core.retrieval.descriptors`` do the work.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..memv2v_core.descriptors import DEFAULT_TOP_K, describe_segment, format_segment_scores, select_segments
-from ..memv2v_core.embedders import (DEFAULT_BATCH, ColorHistogramEmbedder, EncodeImageEmbedder, load_open_clip,
+from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K, describe_segment, format_segment_scores, select_segments
+from ..memv2v_core.retrieval.embedders import (DEFAULT_BATCH, ColorHistogramEmbedder, EncodeImageEmbedder, load_open_clip,
                                      open_clip_architectures)
 from . import socket_types
 from .paths import MODELS_FOLDER

@@ -9,12 +9,12 @@ import comfy.samplers
 import nodes as comfy_nodes
 from comfy_api.latest import io
 
-from ..memv2v_core.context import MemoryContext, TokenBudget, build_context, context_layout, token_budget
-from ..memv2v_core.positions import DEFAULT_STORY_GAP, MODES
-from ..memv2v_core.stream import PAPER_MERGE_BLOCKS
-from ..memv2v_core.tokenize import KernelPlan
-from .camera_patch import apply_camera, check_camera_inputs
-from .memory_patch import MERGE_CHOICES, MemoryCall, apply_memory, learned_weights, merge_settings, wan_diffusion_model
+from ..memv2v_core.memory.context import MemoryContext, TokenBudget, build_context, context_layout, token_budget
+from ..memv2v_core.memory.positions import DEFAULT_STORY_GAP, MODES
+from ..memv2v_core.memory.stream import PAPER_MERGE_BLOCKS
+from ..memv2v_core.memory.tokenize import KernelPlan
+from .patches.camera_patch import apply_camera, check_camera_inputs
+from .patches.memory_patch import MERGE_CHOICES, MemoryCall, apply_memory, learned_weights, merge_settings, wan_diffusion_model
 from .socket_types import Camera, Context, Modules, Selection
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..memv2v_core.camera import Trajectory
-from ..memv2v_core.fov import DEFAULT_LAMBDA, DEFAULT_TOP_K, FOVParams
-from ..memv2v_core.retrieval import format_score_table, select_by_fov
+from ..memv2v_core.camera.trajectory import Trajectory
+from ..memv2v_core.retrieval.fov import DEFAULT_LAMBDA, DEFAULT_TOP_K, FOVParams
+from ..memv2v_core.retrieval.fov_retrieval import format_score_table, select_by_fov
 from .socket_types import Bank, Camera, Selection
 
 CATEGORY = "MemoryV2V/retrieval"

@@ -11,7 +11,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..memv2v_core.descriptors import latest_segments, source_segments
+from ..memv2v_core.retrieval.descriptors import latest_segments, source_segments
 from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, WAN_TEMPORAL_STRIDE, check_segment_length,
                                     plan_segments, source_fingerprint, split_segment, stitch)
 from .socket_types import Bank

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-_SHIM = Path(__file__).resolve().parent.parent / "memv2v_cli" / "cpu_torchvision" / "sitecustomize.py"
+_SHIM = Path(__file__).resolve().parent.parent / "memv2v_cli" / "host" / "cpu_torchvision" / "sitecustomize.py"
 _spec = importlib.util.spec_from_file_location("memv2v_cpu_torchvision", _SHIM)
 _module = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = _module
@@ -21,7 +21,7 @@ SHARED_HOST = REPO_ROOT.parent / "shared" / "host" / "ComfyUI"
 os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path.home() / ".cache" / "memv2v" / "pycache"))
 sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
 if not os.environ.get("COMFYUI_PATH") and (SHARED_HOST / "main.py").is_file():
-    from memv2v_cli.comfy_host import find_comfyui
+    from memv2v_cli.host.comfy_host import find_comfyui
 
     if find_comfyui()[0] is None:
         os.environ["COMFYUI_PATH"] = str(SHARED_HOST.resolve())
@@ -47,7 +47,7 @@ def shared_data() -> Path:
 
 def pytest_report_header(config):
     """One line, before anything runs, saying whether the host tests will run against a real ComfyUI."""
-    from memv2v_cli.comfy_host import comfyui_version, find_comfyui
+    from memv2v_cli.host.comfy_host import comfyui_version, find_comfyui
 
     path, where = find_comfyui()
     if path is None:
@@ -57,7 +57,7 @@ def pytest_report_header(config):
 
 def pytest_sessionfinish(session, exitstatus):
     """Fail the run if anything was written into the host's folder (CI's copy is read-only; tests use base dirs)."""
-    from memv2v_cli.comfy_host import find_comfyui
+    from memv2v_cli.host.comfy_host import find_comfyui
 
     path = find_comfyui()[0]
     if path is None:
@@ -75,7 +75,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_terminal_summary(terminalreporter):
     """One closing line: which host ran the host tests and how many of them passed, failed or were skipped."""
-    from memv2v_cli.comfy_host import comfyui_version, find_comfyui
+    from memv2v_cli.host.comfy_host import comfyui_version, find_comfyui
 
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     for outcome in counts:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..bank import MemoryBank
+from ..bank.memory_bank import MemoryBank
 
 LATENT_SHAPE = (1, 16, 21, 60, 104)  # 81 frames at 480x832 in Wan 2.1's VAE
 ADD_RATIO_LIMIT = 1.5

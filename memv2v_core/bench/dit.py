@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from ..context import MemoryContext, build_context, context_layout, token_budget
-from ..flops import (
+from ..memory.context import MemoryContext, build_context, context_layout, token_budget
+from ..memory.flops import (
     WAN21_1_3B,
     BlockFlops,
     DiTShape,
@@ -29,9 +29,9 @@ from ..flops import (
     responsiveness_flops,
     simulate_merges,
 )
-from ..merge import default_pool_factor
-from ..stream import default_merge_blocks
-from ..tokenize import TokenLayout
+from ..memory.merge import default_pool_factor
+from ..memory.stream import default_merge_blocks
+from ..memory.tokenize import TokenLayout
 
 LATENT = (16, 21, 60, 104)  # Wan 2.1 VAE latent of 81 frames at 480x832
 RATIO = 0.5
@@ -45,7 +45,7 @@ def make_context(memories: int) -> MemoryContext:
 
 def naive_context(memories: int) -> MemoryContext:
     """The same context with every stream at the base 1x2x2 kernel."""
-    from ..tokenize import KernelPlan
+    from ..memory.tokenize import KernelPlan
 
     latent = torch.zeros(1, *LATENT).expand(1, *LATENT)
     plan = KernelPlan(fine=(1, 2, 2), coarse=(1, 2, 2))
@@ -192,7 +192,7 @@ TIMING_TARGETS = (  # (key, limit, "max" = at most / "min" = at least, what it m
     ("cpu_speedup_vs_naive_6", 2.5, "min", "speed-up of dynamic + merged memory over naive all-1x2x2 memory"),
     ("empty_overhead", 0.03, "max", "extra step time of the patch with an empty memory"),
 )
-STEP_SCRIPT = "memv2v_cli.bench_dit_steps"  # runs inside ComfyUI's Python; this library never imports comfy
+STEP_SCRIPT = "memv2v_cli.demo.bench_dit_steps"  # runs inside ComfyUI's Python; this library never imports comfy
 
 
 def find_comfyui() -> tuple[Path | None, str]:
@@ -250,7 +250,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=16, help="random rankings averaged per scenario")
     parser.add_argument("--skip-timings", action="store_true", help="skip part (b), the CPU step timings")
     parser.add_argument("--reps", type=int, default=12, help="part (b): timed repetitions per configuration")
-    parser.add_argument("timing_args", nargs="*", help="part (b): further options for memv2v_cli.bench_dit_steps "
+    parser.add_argument("timing_args", nargs="*", help="part (b): further options for memv2v_cli.demo.bench_dit_steps "
                         "(after --), e.g. -- --attention comfy-cpu-default")
     args = parser.parse_args(argv)
     results = part_a(args.memories, args.seeds)

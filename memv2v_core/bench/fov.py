@@ -17,9 +17,9 @@ from typing import Callable
 
 import torch
 
-from ..camera import Trajectory
-from ..camera_presets import RECAMMASTER_CAM_INDEX, preset_trajectory
-from ..fov import (GRID_POINTS, PACKED_BYTES, FOVParams, fov_mask, fov_overlap, pack_mask, popcount_table,
+from ..camera.files import load_recammaster
+from ..camera.presets import RECAMMASTER_CAM_INDEX, preset_trajectory
+from ..retrieval.fov import (GRID_POINTS, PACKED_BYTES, FOVParams, fov_mask, fov_overlap, pack_mask, popcount_table,
                    sphere_directions, unpack_mask, visible_points)
 
 MASK_LIMIT_MS = 50.0
@@ -117,7 +117,7 @@ def matrix_tables(data: Path, radius: float) -> None:
     path = data / "recammaster" / "camera_extrinsics.json"
     names = list(RECAMMASTER_CAM_INDEX)
     if path.is_file():
-        trajectories = [Trajectory.from_recammaster(path, index) for index in RECAMMASTER_CAM_INDEX.values()]
+        trajectories = [load_recammaster(path, index) for index in RECAMMASTER_CAM_INDEX.values()]
         source = f"parsed from {path}"
         print(f"\nParametric presets (81 frames, strength 1) against {path.name}, last frame")
         print(f"  {'preset':<15} {'cam':>3} {'rotation err deg':>17} {'translation err':>16} {'mask IoU':>9}")

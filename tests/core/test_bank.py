@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memv2v_core.bank import (BankFormatError, DamagedEntryError, MemoryBank, MemoryEntry, UnknownEntryError,
+from memv2v_core.bank.memory_bank import (BankFormatError, DamagedEntryError, MemoryBank, MemoryEntry, UnknownEntryError,
                               check_latent_format, latent_format_for_channels, normalize_latent_format, read_revision,
                               safe_bank_dir)
-from memv2v_core.contact_sheet import LatentPreview, contact_sheet, latent_to_rgb
+from memv2v_core.bank.contact_sheet import LatentPreview, contact_sheet, latent_to_rgb
 
 
 def latent(seed: int, shape=(1, 16, 3, 6, 8), dtype=torch.float32) -> torch.Tensor:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from memv2v_core import bank as bank_module
-from memv2v_core.bank import LockTimeout, MemoryBank
-from memv2v_core.bank_storage import WriterLock
+from memv2v_core.bank import memory_bank as bank_module
+from memv2v_core.bank.memory_bank import LockTimeout, MemoryBank
+from memv2v_core.bank.storage import WriterLock
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills forked writers with SIGKILL (POSIX only)")
 
@@ -165,7 +165,7 @@ WRITER_SCRIPT = textwrap.dedent("""
 WRITER_MODULE = textwrap.dedent("""
     import os, time
     import numpy as np, torch
-    from memv2v_core.bank import MemoryBank
+    from memv2v_core.bank.memory_bank import MemoryBank
 
     def writer_main(path, first_k, count):
         bank = MemoryBank.open(path, create=True)

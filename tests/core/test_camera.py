@@ -6,11 +6,12 @@ import pytest
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 
-from memv2v_core.camera import (DEFAULT_HFOV_DEG, Trajectory, check_c2w, intrinsics_from_fov, latent_frame_count,
+from memv2v_core.camera.trajectory import (DEFAULT_HFOV_DEG, Trajectory, check_c2w, intrinsics_from_fov, latent_frame_count,
                                 recammaster_embedding)
-from memv2v_core.camera_presets import PRESET_NAMES, RECAMMASTER_CAM_INDEX, SUBJECT_DISTANCE, preset_trajectory
-from memv2v_core.camera_preview import PreviewTrack, TARGET_COLOR, UNCOVERED_COLOR, render_camera_preview
-from memv2v_core.fov import fov_mask
+from memv2v_core.camera.files import load_recammaster
+from memv2v_core.camera.presets import PRESET_NAMES, RECAMMASTER_CAM_INDEX, SUBJECT_DISTANCE, preset_trajectory
+from memv2v_core.retrieval.preview import PreviewTrack, TARGET_COLOR, UNCOVERED_COLOR, render_camera_preview
+from memv2v_core.retrieval.fov import fov_mask
 
 
 def random_rigid(frames: int, seed: int = 0) -> torch.Tensor:
@@ -173,7 +174,7 @@ def test_motion_summary_reports_turn_and_travel():
 def test_the_ten_presets_match_the_real_recammaster_file(shared_data):
     path = shared_data / "recammaster" / "camera_extrinsics.json"
     for name, cam_index in RECAMMASTER_CAM_INDEX.items():
-        parsed = Trajectory.from_recammaster(path, cam_index)
+        parsed = load_recammaster(path, cam_index)
         preset = preset_trajectory(name, 81)
         last_rotation = parsed.rotations[-1].T @ preset.rotations[-1]
         assert rotation_angle_deg(last_rotation) < 0.01, name

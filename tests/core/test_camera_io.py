@@ -8,8 +8,8 @@ import pytest
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 
-from memv2v_core.camera import Trajectory, recammaster_embedding
-from memv2v_core.camera_io import CameraFileError, detect_format, load_trajectory
+from memv2v_core.camera.trajectory import recammaster_embedding
+from memv2v_core.camera.files import CameraFileError, detect_format, load_recammaster, load_trajectory
 
 
 def recammaster_reference(path, cam_index: int) -> np.ndarray:
@@ -56,7 +56,7 @@ def write_recammaster(tmp_path, frames=81, cams=2, tweak=None):
 def test_recammaster_file_matches_recammasters_own_preprocessing(shared_data):
     path = shared_data / "recammaster" / "camera_extrinsics.json"
     for cam_index in range(1, 11):
-        trajectory = Trajectory.from_recammaster(path, cam_index)
+        trajectory = load_recammaster(path, cam_index)
         assert trajectory.num_frames == 21 and trajectory.starts_at_identity()
         expected = torch.from_numpy(recammaster_reference(path, cam_index)).float()
         assert torch.allclose(recammaster_embedding(trajectory, 21), expected, atol=1e-5), cam_index
@@ -67,7 +67,7 @@ def test_recammaster_file_matches_recammasters_own_preprocessing(shared_data):
 
 def test_recammaster_synthetic_file_and_stride(tmp_path):
     path = write_recammaster(tmp_path)
-    trajectory = Trajectory.from_recammaster(path, 2)
+    trajectory = load_recammaster(path, 2)
     # Unreal yaw towards +Y (right) becomes a turn towards +x in OpenCV axes; 0.5 deg per frame for cam02.
     assert trajectory.rotations[-1][0, 2] == pytest.approx(math.sin(math.radians(40)), abs=1e-4)
     assert trajectory.centers[-1, 2] == pytest.approx(0.8, abs=1e-4)  # 80 cm along Unreal X = forward
@@ -77,25 +77,25 @@ def test_recammaster_synthetic_file_and_stride(tmp_path):
 def test_recammaster_errors_name_file_camera_and_frame(tmp_path):
     path = write_recammaster(tmp_path, frames=61)
     with pytest.raises(CameraFileError, match=r"camera_extrinsics.json'.*cam01 lacks frame64.*all 81 frames"):
-        Trajectory.from_recammaster(path, 1)
+        load_recammaster(path, 1)
     path = write_recammaster(tmp_path)
     with pytest.raises(CameraFileError, match=r"cam_index 3 not found; it has cam01, cam02"):
-        Trajectory.from_recammaster(path, 3)
+        load_recammaster(path, 3)
 
     def nan(data):
         data["frame40"]["cam01"] = "[nan 0 0 0] [0 1 0 0] [0 0 1 0] [0 0 0 1]"
     with pytest.raises(CameraFileError, match=r"frame40 cam01: contains NaN"):
-        Trajectory.from_recammaster(write_recammaster(tmp_path, tweak=nan), 1)
+        load_recammaster(write_recammaster(tmp_path, tweak=nan), 1)
 
     def scaled(data):
         data["frame12"]["cam01"] = "[2 0 0 0] [0 1 0 0] [0 0 1 0] [0 0 0 1]"
     with pytest.raises(CameraFileError, match=r"frame12 cam01: rotation is not rigid"):
-        Trajectory.from_recammaster(write_recammaster(tmp_path, tweak=scaled), 1)
+        load_recammaster(write_recammaster(tmp_path, tweak=scaled), 1)
 
     def short_row(data):
         data["frame8"]["cam01"] = "[1 0 0] [0 1 0 0] [0 0 1 0] [0 0 0 1]"
     with pytest.raises(CameraFileError, match=r"frame8 cam01: expected 4 bracketed rows of 4 numbers"):
-        Trajectory.from_recammaster(write_recammaster(tmp_path, tweak=short_row), 1)
+        load_recammaster(write_recammaster(tmp_path, tweak=short_row), 1)
     bad_json = tmp_path / "broken.json"
     bad_json.write_text("{not json")
     with pytest.raises(CameraFileError, match=r"broken.json' is not readable JSON"):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from memv2v_core.camera import recammaster_embedding
-from memv2v_core.camera_conditioning import (CAMERA_INPUT, IDENTITY_ROW, check_grid, memory_rows, target_trajectory,
+from memv2v_core.camera.trajectory import recammaster_embedding
+from memv2v_core.memory.camera_rows import (CAMERA_INPUT, IDENTITY_ROW, check_grid, memory_rows, target_trajectory,
                                              video_frames)
-from memv2v_core.camera_presets import preset_trajectory
-from memv2v_core.context import build_context
+from memv2v_core.camera.presets import preset_trajectory
+from memv2v_core.memory.context import build_context
 
 T = 3  # latent frames -> 9 video frames
 

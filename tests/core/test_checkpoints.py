@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from memv2v_cli.demo_checkpoints import camera_module_tensors, memory_module_tensors, tokenizer_module
-from memv2v_core import checkpoints
+from memv2v_cli.demo.checkpoints import camera_module_tensors, memory_module_tensors, tokenizer_module
+from memv2v_core.checkpoints import files as checkpoint_files
 from memv2v_core.checkpoints import (
     CameraWeights, CheckpointError, ConvMergeOperator, convert_to_safetensors, identify_modules, inspect_checkpoint,
     load_modules, read_state_dict_keys,
@@ -368,7 +368,7 @@ def test_safetensors_reads_only_the_module_tensors(tmp_path, monkeypatch):
     path = tmp_path / "lazy.safetensors"
     _write_sparse_safetensors(path, state, "blocks.0.huge_buffer", (16384, 16384))  # 1 GiB float32
     requested: list[str] = []
-    real_open = checkpoints.safe_open
+    real_open = checkpoint_files.safe_open
 
     class SpyHandle:
         def __init__(self, handle):
@@ -388,7 +388,7 @@ def test_safetensors_reads_only_the_module_tensors(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self._handle, name)
 
-    monkeypatch.setattr(checkpoints, "safe_open", lambda *a, **k: SpyHandle(real_open(*a, **k)))
+    monkeypatch.setattr(checkpoint_files, "safe_open", lambda *a, **k: SpyHandle(real_open(*a, **k)))
     report = inspect_checkpoint(path)
     assert requested == []  # the index comes from the header alone
     assert ("blocks.0.huge_buffer", (16384, 16384), "float32") in report.unknown

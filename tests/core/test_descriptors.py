@@ -9,10 +9,10 @@ import torch
 
 from video_frames import decode
 
-from memv2v_core.bank import MemoryBank
-from memv2v_core.descriptors import (SegmentDescriptor, describe_segment, format_segment_scores, rank_segments,
+from memv2v_core.bank.memory_bank import MemoryBank
+from memv2v_core.retrieval.descriptors import (SegmentDescriptor, describe_segment, format_segment_scores, rank_segments,
                                      score_segments, segment_descriptor, select_segments)
-from memv2v_core.embedders import ColorHistogramEmbedder
+from memv2v_core.retrieval.embedders import ColorHistogramEmbedder
 from memv2v_core.segments import plan_segments, split_segment
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from memv2v_core.descriptors import describe_segment  # noqa: E402
-from memv2v_core.embedders import (ColorHistogramEmbedder, EncodeImageEmbedder, FrameEmbedder,  # noqa: E402
+from memv2v_core.retrieval.descriptors import describe_segment  # noqa: E402
+from memv2v_core.retrieval.embedders import (ColorHistogramEmbedder, EncodeImageEmbedder, FrameEmbedder,  # noqa: E402
                                    load_open_clip, open_clip_architectures, resize_and_crop)
 
 TINY = "MemV2V-Test-Tiny"

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from memv2v_core.bench import dit as dit_bench
-from memv2v_core.flops import (
+from memv2v_core.memory.flops import (
     WAN21_1_3B,
     DiTShape,
     block_flops,

@@ -7,9 +7,10 @@ import pytest
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 
-from memv2v_core.camera import Trajectory
-from memv2v_core.camera_presets import RECAMMASTER_CAM_INDEX, preset_trajectory
-from memv2v_core.fov import (GRID_COLS, GRID_POINTS, GRID_ROWS, PACKED_BYTES, FOVParams, fov_mask, fov_overlap,
+from memv2v_core.camera.files import load_recammaster
+from memv2v_core.camera.trajectory import Trajectory
+from memv2v_core.camera.presets import RECAMMASTER_CAM_INDEX, preset_trajectory
+from memv2v_core.retrieval.fov import (GRID_COLS, GRID_POINTS, GRID_ROWS, PACKED_BYTES, FOVParams, fov_mask, fov_overlap,
                              fov_scores, mask_key, pack_mask, popcount, popcount_table, retrieve, sphere_directions,
                              unpack_mask)
 
@@ -153,7 +154,7 @@ def test_mask_key_names_the_settings():
 def test_ten_recammaster_trajectories_score_sensibly(shared_data):
     path = shared_data / "recammaster" / "camera_extrinsics.json"
     names = list(RECAMMASTER_CAM_INDEX)
-    masks = torch.stack([fov_mask(Trajectory.from_recammaster(path, i)) for i in RECAMMASTER_CAM_INDEX.values()])
+    masks = torch.stack([fov_mask(load_recammaster(path, i)) for i in RECAMMASTER_CAM_INDEX.values()])
     preset_masks = torch.stack([fov_mask(preset_trajectory(name)) for name in names])
     rows = [fov_overlap(masks[i], masks) for i in range(10)]
     iou = torch.stack([r[0] for r in rows])

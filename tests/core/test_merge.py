@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from memv2v_core.merge import (
+from memv2v_core.memory.merge import (
     default_pool_factor,
     frame_responsiveness,
     merge_frames,
     merge_plan,
     pool_grid_mean,
 )
-from memv2v_core.tokenize import TokenLayout, embed_latent
+from memv2v_core.memory.tokenize import TokenLayout, embed_latent
 
 
 def _reference_responsiveness(q, k, token_frame, frames):

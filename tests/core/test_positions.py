@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from memv2v_core.context import build_context
-from memv2v_core.positions import apply_temporal_ids, range_ids, temporal_ids
+from memv2v_core.memory.context import build_context
+from memv2v_core.memory.positions import apply_temporal_ids, range_ids, temporal_ids
 
 T = 21
 

@@ -4,13 +4,13 @@ import pytest
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 
-import memv2v_core.retrieval as retrieval
-from memv2v_core.bank import MemoryBank
-from memv2v_core.camera import Trajectory
-from memv2v_core.camera_presets import preset_trajectory
-from memv2v_core.camera_preview import preview_tracks_from_bank
-from memv2v_core.fov import FOVParams, fov_mask, fov_scores, mask_key
-from memv2v_core.retrieval import format_score_table, rank_bank_by_fov, select_by_fov
+import memv2v_core.retrieval.fov_retrieval as retrieval
+from memv2v_core.bank.memory_bank import MemoryBank
+from memv2v_core.camera.trajectory import Trajectory
+from memv2v_core.camera.presets import preset_trajectory
+from memv2v_core.retrieval.preview import preview_tracks_from_bank
+from memv2v_core.retrieval.fov import FOVParams, fov_mask, fov_scores, mask_key
+from memv2v_core.retrieval.fov_retrieval import format_score_table, rank_bank_by_fov, select_by_fov
 
 STORED = ("tilt_up", "pan_right", "zoom_out", "arc_right", "pan_left")
 

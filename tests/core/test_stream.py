@@ -4,16 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from memv2v_core.context import build_context, embed_context
-from memv2v_core.merge import frame_responsiveness, merge_frames, merge_plan
-from memv2v_core.stream import (
+from memv2v_core.memory.context import build_context, embed_context
+from memv2v_core.memory.merge import frame_responsiveness, merge_frames, merge_plan
+from memv2v_core.memory.stream import (
     MemoryStreamState,
     MergeSettings,
     default_merge_blocks,
     per_token_modulation,
     rows_for_conditional,
 )
-from memv2v_core.tokenize import DerivedTokenizer, KernelPlan, TokenLayout
+from memv2v_core.memory.tokenize import DerivedTokenizer, KernelPlan, TokenLayout
 
 DIM, HEADS, AXES = 16, 2, (4, 2, 2)  # head dim 8 = 2 * (4 + 2 + 2) / 2 rotary pairs
 

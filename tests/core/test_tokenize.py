@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memv2v_core.context import build_context, context_layout, embed_context, token_budget
-from memv2v_core.tokenize import (
+from memv2v_core.memory.context import build_context, context_layout, embed_context, token_budget
+from memv2v_core.memory.tokenize import (
     DerivedTokenizer,
     KernelPlan,
     TokenLayout,

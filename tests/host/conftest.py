@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from memv2v_cli import comfy_host, demo_setup
+from memv2v_cli.demo import setup as demo_setup
+from memv2v_cli.host import comfy_host
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSET_CACHE = Path(os.environ.get("MEMV2V_TEST_CACHE", Path.home() / ".cache" / "memv2v" / "test-assets"))
@@ -57,7 +58,7 @@ class Host:
 @pytest.fixture(scope="session")
 def host(tmp_path_factory) -> Host:
     assert COMFYUI is not None  # unreachable: host tests are skipped without a host
-    assets = demo_setup.build_assets("demo_models", COMFYUI, ASSET_CACHE / comfy_host.comfyui_version(COMFYUI))
+    assets = demo_setup.build_assets("demo.models", COMFYUI, ASSET_CACHE / comfy_host.comfyui_version(COMFYUI))
     # ComfyUI's default CPU attention chunks by free memory at call time, so results depend on what ran before;
     # PyTorch's attention is deterministic, which exact comparisons between prompts need.
     server = demo_setup.private_server(COMFYUI, tmp_path_factory.mktemp("comfy-base"), assets,

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from memv2v_cli.comfy_host import PromptFailed, PromptRejected
+from memv2v_cli.host.comfy_host import PromptFailed, PromptRejected
 
-from memv2v_core.bank import MemoryBank
+from memv2v_core.bank.memory_bank import MemoryBank
 from host_prompts import tiny_sampler_nodes
 
 

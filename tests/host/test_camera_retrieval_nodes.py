@@ -4,10 +4,10 @@
 import torch
 from PIL import Image
 
-from memv2v_core.bank import MemoryBank
-from memv2v_core.camera_presets import preset_trajectory
-from memv2v_core.fov import FOVParams
-from memv2v_core.retrieval import select_by_fov
+from memv2v_core.bank.memory_bank import MemoryBank
+from memv2v_core.camera.presets import preset_trajectory
+from memv2v_core.retrieval.fov import FOVParams
+from memv2v_core.retrieval.fov_retrieval import select_by_fov
 
 STORED = ["pan_left", "tilt_up", "zoom_in", "arc_left", "pan_right"]
 

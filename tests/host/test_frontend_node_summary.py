@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memv2v_cli.workflow_builder import WorkflowSpec, api_to_ui
+from memv2v_cli.authoring.builder import WorkflowSpec, api_to_ui
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

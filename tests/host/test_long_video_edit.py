@@ -20,8 +20,10 @@ import av
 import pytest
 import torch
 
-from memv2v_cli import comfy_host, demo_setup, graph
-from memv2v_core.bank import MemoryBank
+from memv2v_cli import graph
+from memv2v_cli.demo import setup as demo_setup
+from memv2v_cli.host import comfy_host
+from memv2v_core.bank.memory_bank import MemoryBank
 from memv2v_core.segments import plan_segments
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
 @pytest.fixture(scope="module")
 def edit_models(host) -> dict[str, str]:
     """The tiny LucyEdit-shaped DiT and the random Wan 2.2 VAE, cached beside the other test assets."""
-    assets = demo_setup.build_assets("demo_models", host.server.comfyui, Path(host.assets["dit"]).parent,
+    assets = demo_setup.build_assets("demo.models", host.server.comfyui, Path(host.assets["dit"]).parent,
                                      "--with", "lucy_dit", "--with", "wan22_vae")
     host.server.add_model("diffusion_models", Path(assets["lucy_dit"]))
     host.server.add_model("vae", Path(assets["wan22_vae"]))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from memv2v_core.bank import MemoryBank
-from memv2v_core.camera_presets import preset_trajectory
+from memv2v_core.bank.memory_bank import MemoryBank
+from memv2v_core.camera.presets import preset_trajectory
 
 BANK = "memtest_composition"
 USER_LATENT = "memv2v_memtest_user.latent"

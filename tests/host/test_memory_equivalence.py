@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memv2v_cli import comfy_host
+from memv2v_cli.host import comfy_host
 
 SCRIPTS = Path(__file__).resolve().parent / "memory_scripts"
 

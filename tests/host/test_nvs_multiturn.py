@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memv2v_cli import comfy_host, graph, runner
-from memv2v_core.bank import MemoryBank
+from memv2v_cli import graph, runner
+from memv2v_cli.host import comfy_host
+from memv2v_core.bank.memory_bank import MemoryBank
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "nvs_scripts"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memv2v_cli import comfy_host
+from memv2v_cli.host import comfy_host
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -82,12 +82,12 @@ def test_comfyui_wan_templates_convert_and_validate(host):
 
 
 def test_shipped_workflows_match_their_specs(host):
-    """workflows/*.json are generated from memv2v_cli/workflow_specs.py; converting them back gives the spec."""
-    from memv2v_cli.workflow_specs import SPECS
+    """workflows/*.json are generated from the specs in memv2v_cli/authoring/; converting them back gives the spec."""
+    from memv2v_cli.authoring.catalog import SPECS
 
     for spec in SPECS:
         path = REPO_ROOT / "workflows" / f"{spec.name}.json"
-        assert path.is_file(), f"{path.name} missing: run python -m memv2v_cli.workflow_builder --url <server>"
+        assert path.is_file(), f"{path.name} missing: run python -m memv2v_cli.authoring.builder --url <server>"
         converted = graph.ui_to_api(json.loads(path.read_text()), host.object_info)
         by_title = {node["_meta"]["title"]: node for node in converted.values()}
         for node_id, node in spec.prompt.items():

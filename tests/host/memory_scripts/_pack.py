@@ -1,6 +1,6 @@
 """Bootstrap for scripts run inside ComfyUI's Python: CPU mode first, then the pack imported as package ``memv2v_pack``.
 
-Run with cwd = the ComfyUI folder and the environment of ``memv2v_cli.comfy_host.subprocess_env()``. The pack is
+Run with cwd = the ComfyUI folder and the environment of ``memv2v_cli.host.comfy_host.subprocess_env()``. The pack is
 loaded under one package name without running its ``__init__`` (registration only), so every class comes from one
 module copy and ComfyUI's own ``nodes`` module is not shadowed by the pack's ``nodes`` folder.
 """
@@ -35,5 +35,5 @@ def bootstrap(with_nodes: bool = False):
 
 
 def pack(module: str):
-    """Import ``<pack>.<module>``, e.g. ``pack("nodes.memory_patch")``."""
+    """Import ``<pack>.<module>``, e.g. ``pack("nodes.patches.memory_patch")``."""
     return importlib.import_module(f"{PACKAGE}.{module}")

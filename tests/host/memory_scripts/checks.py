@@ -33,9 +33,9 @@ def main() -> int:
     import comfy.sd
 
     node = pack("nodes.memory_nodes")
-    bank_lib = pack("memv2v_core.bank")
-    selection_lib = pack("memv2v_core.selection")
-    context_lib = pack("memv2v_core.context")
+    bank_lib = pack("memv2v_core.bank.memory_bank")
+    selection_lib = pack("memv2v_core.retrieval.selection")
+    context_lib = pack("memv2v_core.memory.context")
 
     torch.manual_seed(0)
     out: dict = {}

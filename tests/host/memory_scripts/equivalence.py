@@ -29,10 +29,10 @@ def main() -> int:
     from comfy.ldm.flux.math import apply_rope1
     from comfy.ldm.wan.model import sinusoidal_embedding_1d
 
-    patch = pack("nodes.memory_patch")
+    patch = pack("nodes.patches.memory_patch")
     node = pack("nodes.memory_nodes")
-    context_lib = pack("memv2v_core.context")
-    tokenize = pack("memv2v_core.tokenize")
+    context_lib = pack("memv2v_core.memory.context")
+    tokenize = pack("memv2v_core.memory.tokenize")
 
     torch.manual_seed(0)
     model = comfy.sd.load_diffusion_model(args.dit)

@@ -1,5 +1,5 @@
 """Shared bootstrap for the NVS scripts: the memory scripts' pack loader, plus the repository on sys.path (last, so
-ComfyUI's own ``nodes`` module is not shadowed) for ``memv2v_cli.demo_checkpoints``."""
+ComfyUI's own ``nodes`` module is not shadowed) for ``memv2v_cli.demo.checkpoints``."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def main() -> int:
     args = parser.parse_args()
     bootstrap()
     use_repo()
-    from memv2v_cli import demo_checkpoints
+    from memv2v_cli.demo import checkpoints as demo_checkpoints
 
     out = Path(args.out)
     paths = {f"{name}_{kind}": path for name, built in (

@@ -34,10 +34,10 @@ def main() -> int:
 
     node = pack("nodes.memory_nodes")
     checkpoints = pack("memv2v_core.checkpoints")
-    context_lib = pack("memv2v_core.context")
-    tokenize = pack("memv2v_core.tokenize")
-    camera_lib = pack("memv2v_core.camera")
-    presets = pack("memv2v_core.camera_presets")
+    context_lib = pack("memv2v_core.memory.context")
+    tokenize = pack("memv2v_core.memory.tokenize")
+    camera_lib = pack("memv2v_core.camera.trajectory")
+    presets = pack("memv2v_core.camera.presets")
 
     torch.manual_seed(0)
     batch, frames, size = 2, 3, 8  # 3 latent frames = 9 video frames at 64x64 px

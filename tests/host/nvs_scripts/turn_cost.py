@@ -16,9 +16,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from memv2v_cli import comfy_host, runner  # noqa: E402
-from memv2v_core.context import build_context, token_budget  # noqa: E402
-from memv2v_core.flops import dit_flops  # noqa: E402
+from memv2v_cli import runner  # noqa: E402
+from memv2v_cli.host import comfy_host  # noqa: E402
+from memv2v_core.memory.context import build_context, token_budget  # noqa: E402
+from memv2v_core.memory.flops import dit_flops  # noqa: E402
 
 LATENT = (1, 16, 21, 60, 104)  # 81 frames at 480x832 in Wan 2.1's VAE
 PRESETS = ("pan_left", "pan_right", "arc_right")

@@ -1,0 +1,88 @@
+"""Shipped workflow specs for long text-guided video editing (LucyEdit or any Wan V2V model).
+
+One queue run edits one segment: Split Segments' index steps on by itself ("increment"), the edited segment is kept
+in the bank with its source descriptor, and the stitched preview fills not-yet-edited segments from the source.
+"""
+
+from __future__ import annotations
+
+from .spec import Note, WorkflowSpec
+from .parts import NEGATIVE, UMT5, WAN22_VAE, node
+
+# The ComfyUI repackaging of decart-ai/Lucy-Edit-Dev; papers.md names no file, so this is a placeholder name (see note).
+LUCY_EDIT = "lucy_edit_dev_fp16.safetensors"
+EDIT_INSTRUCTION = ("Change the sky to a dramatic orange sunset with glowing clouds, keep the buildings, the street "
+                    "and the camera motion exactly as they are")
+SEGMENT_LENGTH, OVERLAP = 81, 8
+WIDTH, HEIGHT = 832, 480  # Wan 2.2 VAE: sides must be multiples of 16
+SPLIT = "9"  # Split Segments: its index steps on by itself after every queue run
+
+
+def long_video_edit() -> WorkflowSpec:
+    """LucyEdit a long video segment by segment, each segment remembering the edited earlier ones."""
+    seg = {"segment_length": SEGMENT_LENGTH, "overlap": OVERLAP}
+    prompt = {
+        "1": node("UNETLoader", "Load LucyEdit", unet_name=LUCY_EDIT, weight_dtype="default"),
+        "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
+        "3": node("PrimitiveStringMultiline", "Edit Instruction", value=EDIT_INSTRUCTION),
+        "4": node("CLIPTextEncode", "Encode Instruction", clip=["2", 0], text=["3", 0]),
+        "5": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
+        "6": node("VAELoader", "Load Wan 2.2 VAE", vae_name=WAN22_VAE),
+        "7": node("LoadVideo", "Source Video", file="my_long_video.mp4"),
+        "8": node("GetVideoComponents", "Video Frames", video=["7", 0]),
+        "10": node("ImageScale", "Resize", image=["8", 0], upscale_method="area", width=WIDTH, height=HEIGHT,
+                   crop="center"),
+        SPLIT: node("MemV2V_SplitSegments", "Split Segments (index: increment)", image=["10", 0], index=0,
+                    vae_temporal_stride=4, **seg),
+        "11": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit"),
+        "12": node("MemV2V_EmbedderLoad", "Segment Embedder", file="(built-in colour histogram, no weights)",
+                   architecture="ViT-B-32"),
+        "13": node("MemV2V_SegmentRetrieve", "Retrieve Edited Segments", bank=["11", 0], segment=[SPLIT, 0],
+                   segment_index=[SPLIT, 1], source_id=[SPLIT, 5], top_k=4, recent_first=True, embedder=["12", 0]),
+        "14": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
+        "15": node("MemV2V_EditConditioning", "Source Segment (channel concat)", positive=["4", 0],
+                   negative=["5", 0], vae=["6", 0], source=[SPLIT, 0], model=["14", 0]),
+        "16": node("MemV2V_DynamicTokenize", "Memory Tokens", selection=["13", 0], latent=["15", 2], mode="edit",
+                   fine_ranks=3, user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8",
+                   reverse_memory=True, story_gap=5.0, target_frames=0),
+        "17": node("MemV2V_ApplyMemory", "Apply Memory", model=["14", 0], context=["16", 0], merge_blocks="auto",
+                   merge_ratio=0.5, merge_mode="merge"),
+        "18": node("PrimitiveInt", "Seed", value=42),
+        "19": node("KSampler", "Edit Segment", model=["17", 0], positive=["15", 0], negative=["15", 1],
+                   latent_image=["15", 2], seed=["18", 0], steps=50, cfg=5.0, sampler_name="uni_pc",
+                   scheduler="simple", denoise=1.0),
+        "20": node("MemV2V_BankAdd", "Remember Edited Segment", bank=["11", 0], samples=["19", 0],
+                   prompt=["3", 0], segment_index=[SPLIT, 1], source_id=[SPLIT, 5], parents=["13", 0],
+                   model=["14", 0], seed=["18", 0], descriptor=["13", 1]),
+        "21": node("MemV2V_StitchSegments", "Stitch (unedited segments from the source)", blend="cut",
+                   bank=["20", 0], vae=["6", 0], source=["10", 0], source_id=[SPLIT, 5], fill_missing=True,
+                   vae_temporal_stride=4, **seg),
+        "22": node("CreateVideo", "Create Video", images=["21", 0], fps=["8", 2]),
+        "23": node("SaveVideo", "Save Edited Video", video=["22", 0], filename_prefix="memv2v/long_edit",
+                   format="auto", codec="auto"),
+    }
+    notes = [
+        Note("### Long video editing, one segment per queue run\n"
+             "1. Put your video in `input/` and pick it in **Source Video**; write the edit in **Edit Instruction** "
+             "(LucyEdit likes 20-30 words starting with a verb such as *Change* or *Add*).\n"
+             "2. **Queue once per segment.** Split Segments' index is set to *increment*: every run edits the next "
+             "segment, remembers it in the bank, and the saved video shows the edit so far (segments not edited "
+             "yet come from the source). Its text says `segment i of n`; after the last one it stops with a "
+             "message - set index back to 0 for another pass.\n"
+             "3. Keep segment_length and overlap the same in Split and Stitch. 81 frames = 21 latent frames.",
+             column=0, title="How to use", height=330),
+        Note("Models (ComfyUI folders):\n- `models/diffusion_models/lucy_edit_dev_fp16.safetensors`: **placeholder "
+             "name** - LucyEdit-Dev (decart-ai/Lucy-Edit-Dev, non-commercial licence) converted to ComfyUI's Wan "
+             "key layout (96 input channels); pick your file here.\n- `models/text_encoders/"
+             "umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n- `models/vae/wan2.2_vae.safetensors`\n\n"
+             "The source enters by channel concatenation (Edit Conditioning); earlier edited segments enter as "
+             "memory tokens (previous segment first). Any Wan V2V model with concatenated source channels works "
+             "the same way.", column=1, title="Models", height=300),
+    ]
+    groups = {"Source segment": ["7", "8", "10", SPLIT, "15"], "Memory": ["11", "12", "13", "16", "17", "20"],
+              "Result": ["21", "22", "23"]}
+    return WorkflowSpec("memv2v_long_video_edit", prompt, notes, groups, controls={SPLIT: {"index": "increment"}})
+
+
+def specs() -> list[WorkflowSpec]:
+    return [long_video_edit()]

@@ -1,0 +1,8 @@
+"""Stage 1, the memory bank: one safetensors file per entry, an atomic JSON manifest, a writer lock (format:
+``docs/bank-format.md``). ``MemoryBank`` is the API; ``contact_sheet`` draws what a bank holds."""
+
+from .contact_sheet import LatentPreview, contact_sheet
+from .inputs import check_latent_format, safe_bank_dir, validate_bank_name
+from .memory_bank import MemoryBank
+from .records import BankFormatError, DamagedEntryError, MemoryEntry, NewerSchemaError, UnknownEntryError
+from .storage import LockTimeout

@@ -1,0 +1,188 @@
+"""ReCamMaster camera conditioning inside ComfyUI's native Wan DiT, one trajectory per video as Memory-V2V does it.
+
+Every block that has camera modules gets an object patch on its ``self_attn``: the patch adds
+``cam_encoder(extrinsics)`` of each token's own video to the self-attention input and applies the ``projector`` to its
+output (ReCamMaster's ``DiTBlock``), then the block carries on unchanged. A keyed DIFFUSION_MODEL wrapper puts the
+per-call camera rows into ``transformer_options``; the memory part of the sequence is mapped to its frames through the
+memory stream's current layout, so merged memory frames keep their own camera. No ComfyUI code is copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+import comfy.patcher_extension
+
+from ...memv2v_core.camera.trajectory import recammaster_embedding
+from ...memv2v_core.memory.camera_rows import CAMERA_INPUT, check_grid, memory_rows, target_trajectory
+from ...memv2v_core.memory.context import MemoryContext
+from .memory_patch import STATE_KEY
+
+log = logging.getLogger(__name__)
+
+CAMERA_KEY = "memv2v_camera_call"
+WRAPPER_KEY = "memv2v.camera"
+
+
+@dataclass(frozen=True, eq=False)
+class CameraCall:
+    """One model call's camera rows: the target's per latent frame and the context's per memory-layout frame."""
+
+    video_rows: torch.Tensor  # [T, 12]
+    tokens_per_frame: int
+    memory_rows: torch.Tensor  # [frames of the context layout, 12]
+
+
+class CameraSelfAttention(torch.nn.Module):
+    """The block's own self-attention with ReCamMaster's cam_encoder before it and projector after it.
+
+    The inner module's children are registered under their own names, so weight keys such as
+    ``blocks.0.self_attn.q.weight`` (LoRAs, low-VRAM casting) still resolve to the same parameters while patched.
+    """
+
+    def __init__(self, inner: torch.nn.Module, enc_w: torch.Tensor, enc_b: torch.Tensor, proj_w: torch.Tensor,
+                 proj_b: torch.Tensor):
+        super().__init__()
+        object.__setattr__(self, "inner", inner)  # not a child: its children are registered below instead
+        for name, child in inner.named_children():
+            self.add_module(name, child)
+        self.cam_encoder = torch.nn.Linear(CAMERA_INPUT, enc_w.shape[0], device="meta")
+        self.projector = torch.nn.Linear(proj_w.shape[1], proj_w.shape[0], device="meta")
+        for layer, weight, bias in ((self.cam_encoder, enc_w, enc_b), (self.projector, proj_w, proj_b)):
+            layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+            layer.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
+
+    def camera_embedding(self, x: torch.Tensor, call: CameraCall, options: Mapping) -> torch.Tensor:
+        """Per-token cam_encoder output [1, L, dim] for the sequence x: video tokens first, then memory tokens."""
+        weight, bias = self.cam_encoder.weight.to(x), self.cam_encoder.bias.to(x)
+        video = F.linear(call.video_rows.to(x), weight, bias).repeat_interleave(call.tokens_per_frame, dim=0)
+        extra = x.shape[1] - video.shape[0]
+        if extra == 0:
+            return video.unsqueeze(0)
+        memory = options.get(STATE_KEY)
+        layout = None if memory is None else memory.state.layout
+        if layout is None or layout.num_tokens != extra or layout.num_frames != call.memory_rows.shape[0]:
+            raise RuntimeError(
+                f"camera conditioning: self-attention sees {x.shape[1]} tokens, {video.shape[0]} of them video, and "
+                f"the memory stream describes {None if layout is None else layout.num_tokens}; another patch changed "
+                "the token sequence. Apply Memory must be the node that adds memory tokens to this model."
+            )
+        per_frame = F.linear(call.memory_rows.to(x), weight, bias)
+        tokens = per_frame[layout.token_frame(device=x.device)]
+        return torch.cat([video, tokens], dim=0).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, transformer_options: Mapping = {}, **kwargs):
+        call = transformer_options.get(CAMERA_KEY) if transformer_options is not None else None
+        if call is None:
+            raise RuntimeError(
+                "camera conditioning: this call carries no camera state (the model's blocks did not pass "
+                "transformer_options to self-attention); this Wan variant cannot use ReCamMaster camera modules."
+            )
+        x = x + self.camera_embedding(x, call, transformer_options)
+        y = self.inner(x, freqs, transformer_options=transformer_options, **kwargs)
+        return F.linear(y, self.projector.weight.to(y), self.projector.bias.to(y))
+
+
+def camera_blocks(modules: Any, dim: int, depth: int) -> dict[int, tuple[torch.Tensor, ...]]:
+    """The modules' camera weights by block, checked against the model's width and depth."""
+    camera = getattr(modules, "camera", None) or {}
+    source = getattr(modules, "source", "")
+    beyond = sorted(b for b in camera if not 0 <= b < depth)
+    if beyond:
+        raise ValueError(f"modules: camera modules for blocks {beyond} but the model has {depth} blocks; load the "
+                         f"modules made for this base model (file {source!r}).")
+    for block, weights in camera.items():
+        enc_w, _, proj_w, _ = weights
+        if tuple(enc_w.shape) != (dim, CAMERA_INPUT) or tuple(proj_w.shape) != (dim, dim):
+            raise ValueError(
+                f"modules: block {block}'s cam_encoder is {list(enc_w.shape)} and projector {list(proj_w.shape)}, "
+                f"but the model's width is {dim} (expected [{dim}, 12] and [{dim}, {dim}]); load the modules made "
+                "for this base model."
+            )
+    return {int(b): tuple(w) for b, w in camera.items()}
+
+
+def check_camera_inputs(modules: Any, camera: Any, context: MemoryContext) -> bool:
+    """Whether camera conditioning is on (modules with camera blocks); refuses a missing or unused camera."""
+    has_camera_modules = bool(getattr(modules, "camera", None))
+    if has_camera_modules and camera is None:
+        blocks = len(modules.camera)
+        raise ValueError(
+            f"camera is not connected, but the modules hold ReCamMaster camera encoders for {blocks} block(s), so "
+            "the target camera is required; connect Memory-V2V Camera Preset (or Camera Load) to 'camera'."
+        )
+    if camera is not None and not has_camera_modules:
+        raise ValueError(
+            "camera is connected, but no camera modules are loaded, so it would be ignored; connect Memory-V2V Load "
+            "Modules with a ReCamMaster / Memory-V2V checkpoint to 'modules', or disconnect 'camera'."
+        )
+    if has_camera_modules and context.mode != "nvs":
+        raise ValueError(f"camera: camera conditioning is for novel view synthesis, but the context's mode is "
+                         f"{context.mode!r}; set Dynamic Tokenize's mode to nvs or disconnect 'camera'.")
+    return has_camera_modules
+
+
+# --- install -------------------------------------------------------------------------------------------------------
+def _target_rows(rows: torch.Tensor, frames: int, options: Mapping) -> torch.Tensor:
+    """The target rows for this call's frames: all of them, or a context window's frames."""
+    if frames == rows.shape[0]:
+        return rows
+    window = options.get("context_window")
+    index = getattr(window, "index_list", None)
+    if index is not None and len(index) == frames and max(index) < rows.shape[0]:
+        return rows[torch.as_tensor(index, dtype=torch.long)]
+    raise ValueError(
+        f"camera: the model sees {frames} latent frames but the target camera was made for {rows.shape[0]}; set "
+        "Dynamic Tokenize's target_frames (and the camera's frames) to the generated video's length."
+    )
+
+
+def _make_wrapper(video_rows: torch.Tensor, mem_rows: torch.Tensor, user_hw: tuple[int, int] | None):
+    def camera_wrapper(executor, x, timestep, text, clip_fea=None, time_dim_concat=None, transformer_options=None,
+                       **kwargs):
+        options = transformer_options if transformer_options is not None else {}
+        dm = executor.class_obj
+        if time_dim_concat is not None:
+            raise ValueError("camera: camera conditioning does not support time_dim_concat frames (Phantom-style "
+                             "conditioning); remove that conditioning or disconnect 'camera'.")
+        height, width = x.shape[-2:]
+        if user_hw is not None and (height, width) != user_hw:
+            raise ValueError(
+                f"latent_image: the generated latent is {width}x{height} but the user video's is {user_hw[1]}x"
+                f"{user_hw[0]}; ReCamMaster re-renders the video at its own size, so make both the same size."
+            )
+        patch = dm.patch_size
+        per_frame = math.ceil(height / patch[1]) * math.ceil(width / patch[2])
+        call = CameraCall(_target_rows(video_rows, x.shape[2], options).to(x.device), per_frame,
+                          mem_rows.to(x.device))
+        return executor(x, timestep, text, clip_fea, time_dim_concat, {**options, CAMERA_KEY: call}, **kwargs)
+
+    return camera_wrapper
+
+
+def apply_camera(patched: Any, modules: Any, camera: Any, context: MemoryContext) -> Any:
+    """Add camera conditioning to ``patched`` (a clone; changed in place and returned). Checks everything first."""
+    dm = patched.get_model_object("diffusion_model")
+    blocks = camera_blocks(modules, int(dm.dim), len(dm.blocks))
+    check_grid(context, tuple(dm.patch_size))
+    target = target_trajectory(camera, context.target_frames)
+    video_rows = recammaster_embedding(target, context.target_frames)
+    mem_rows = memory_rows(context, target)
+    user = next((s for s in context.streams if s.role == "user"), None)
+    user_hw = None if user is None else tuple(int(v) for v in user.latent.shape[-2:])
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                 _make_wrapper(video_rows, mem_rows, user_hw))
+    for index, weights in sorted(blocks.items()):
+        name = f"diffusion_model.blocks.{index}.self_attn"
+        inner = patched.get_model_object(name)
+        inner = inner.inner if isinstance(inner, CameraSelfAttention) else inner  # a second Apply Memory replaces
+        patched.add_object_patch(name, CameraSelfAttention(inner, *weights))
+    log.debug("camera conditioning on %d blocks, target %s", len(blocks), target)
+    return patched

@@ -1,0 +1,428 @@
+"""Memory tokens inside ComfyUI's native Wan DiT: one keyed DIFFUSION_MODEL wrapper and a replace patch on every block.
+
+Pure glue over ``memv2v_core.memory.stream``: the wrapper embeds the context once per model call (so cond/uncond batches,
+context windows and re-entrant calls each get their own state), every ``("double_block", i)`` patch hands its block to
+``MemoryStreamState.run_block`` (concatenate, run the real block, split), and the head and unpatchify never see memory.
+Patches are plain closures: ``ModelPatcher.clone()`` deep-copies ``model_options``, and closures are shared, not copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+import comfy.ldm.wan.model as wan_model
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+
+from ...memv2v_core.bank.memory_bank import check_latent_format
+from ...memv2v_core.memory.context import MemoryContext, embed_context
+from ...memv2v_core.memory.merge import MERGE_MODES
+from ...memv2v_core.memory.stream import MemoryStreamState, MergeSettings, default_merge_blocks, rows_for_conditional
+from ...memv2v_core.memory.tokenize import DerivedTokenizer, Kernel
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEY = "memv2v.memory"
+STATE_KEY = "memv2v_memory_call"
+MERGE_CHOICES = (*MERGE_MODES, "off")
+PATCH_MARK = "_memv2v_memory_patch"
+
+
+@dataclass(eq=False)
+class MemoryCall:
+    """One model call's memory: the stream state, the model's RoPE function, and the responsiveness per merge block."""
+
+    state: MemoryStreamState
+    rope_fn: Callable[[torch.Tensor], torch.Tensor]
+    cond_or_uncond: tuple[int, ...]
+    responsiveness: dict[int, torch.Tensor] = field(default_factory=dict)
+    blocks_run: int = 0
+
+
+Observer = Callable[[MemoryCall], None]
+
+
+class _QKCaptured(Exception):
+    """Raised by the attention override once the block's self-attention q and k are in hand (stops the block there)."""
+
+
+# --- validation ------------------------------------------------------------------------------------------------------
+def wan_diffusion_model(model: Any) -> wan_model.WanModel:
+    """The Wan DiT inside a ComfyUI MODEL, or a ValueError saying what the model is instead."""
+    get = getattr(model, "get_model_object", None)
+    dm = get("diffusion_model") if callable(get) else None
+    if not isinstance(dm, wan_model.WanModel):
+        kind = type(dm).__name__ if dm is not None else type(model).__name__
+        raise ValueError(
+            f"model: the diffusion model is a {kind}, not a Wan DiT; memory tokens need ComfyUI's native WanModel. "
+            "Load a Wan 2.1 / 2.2 model (e.g. with Load Diffusion Model) and connect it here."
+        )
+    return dm
+
+
+def parse_merge_blocks(text: str, depth: int) -> tuple[int, ...]:
+    """``"auto"``: the paper's blocks 10 and 20 of 30 scaled to ``depth``; ``"10,20"``: (10, 20), checked on depth."""
+    value = (text or "").strip().lower()
+    if value == "auto":
+        return default_merge_blocks(depth)
+    try:
+        blocks = tuple(sorted({int(part) for part in value.replace(" ", "").split(",") if part}))
+    except ValueError:
+        raise ValueError(
+            f"merge_blocks ({text!r}) must be 'auto' or 0-based block numbers separated by commas, e.g. '10,20'."
+        ) from None
+    if not blocks:
+        raise ValueError(f"merge_blocks ({text!r}) names no block; use 'auto', e.g. '10,20', or merge_mode 'off'.")
+    beyond = [b for b in blocks if not 0 <= b < depth]
+    if beyond:
+        raise ValueError(
+            f"merge_blocks ({text!r}): block(s) {beyond} do not exist in this model of {depth} blocks "
+            f"(0..{depth - 1}); "
+            f"use 'auto' ({','.join(map(str, default_merge_blocks(depth))) or 'none'}) or numbers below {depth}."
+        )
+    return blocks
+
+
+def _kernel_key(kernel: Any) -> Kernel:
+    if isinstance(kernel, str):
+        kernel = kernel.lower().split("x")
+    try:
+        values = tuple(int(v) for v in kernel)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"modules: tokenizer kernel {kernel!r} must be (t, h, w) or a string like '1x4x4'.")
+    return values  # type: ignore[return-value]
+
+
+def _field(modules: Any, name: str) -> Any:
+    return modules.get(name) if isinstance(modules, Mapping) else getattr(modules, name, None)
+
+
+class LearnedMemoryWeights(torch.nn.Module):
+    """Loaded memory weights (tokenizer kernels, optional merge operator), held by an additional ModelPatcher."""
+
+    def __init__(self, tokenizers: Mapping[Kernel, tuple[torch.Tensor, torch.Tensor | None]], merger: Any = None):
+        super().__init__()
+        self.kernels = tuple(tokenizers)
+        for kernel, (weight, bias) in tokenizers.items():
+            name = "x".join(map(str, kernel))
+            self.register_buffer(f"weight_{name}", weight.detach().clone())
+            self.register_buffer(f"bias_{name}", None if bias is None else bias.detach().clone())
+        self.merger = merger if isinstance(merger, torch.nn.Module) else None
+        self._merge_fn = None if isinstance(merger, torch.nn.Module) or merger is None else merger
+
+    def tokenizer(self, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if kernel not in self.kernels:
+            return None
+        name = "x".join(map(str, kernel))
+        return getattr(self, f"weight_{name}"), getattr(self, f"bias_{name}")
+
+    @property
+    def merge_operator(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.merger if self.merger is not None else self._merge_fn
+
+
+def learned_weights(modules: Any, dim: int) -> LearnedMemoryWeights | None:
+    """Read the tokenizer kernels (``tokenizers``: kernel -> (weight, bias)) and ``merger`` of a MEMV2V_MODULES value.
+
+    Kernels it does not hold are derived from the model's patch embedding instead; None when it holds nothing usable.
+    """
+    if modules is None:
+        return None
+    tokenizers = _field(modules, "tokenizers") or {}
+    if not isinstance(tokenizers, Mapping):
+        raise ValueError(
+            f"modules: 'tokenizers' is a {type(tokenizers).__name__}; it must map kernels like (1, 4, 4) to "
+            "(weight, bias) pairs. Connect the output of Memory-V2V Load Modules."
+        )
+    checked: dict[Kernel, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for key, pair in tokenizers.items():
+        kernel = _kernel_key(key)
+        weight, bias = pair if isinstance(pair, (tuple, list)) else (pair, None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 5 or tuple(weight.shape[2:]) != kernel:
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(
+                f"modules: tokenizer {kernel} has weight {shape}; expected "
+                f"[dim, C, {kernel[0]}, {kernel[1]}, {kernel[2]}]."
+            )
+        if weight.shape[0] != dim:
+            raise ValueError(
+                f"modules: tokenizer {kernel} produces {weight.shape[0]}-wide tokens but the model's width is {dim}; "
+                "load the modules made for this base model."
+            )
+        checked[kernel] = (weight, bias)
+    merger = _field(modules, "merger")
+    if not checked and merger is None:
+        return None
+    return LearnedMemoryWeights(checked, merger)
+
+
+def check_context_fits(
+    dm: wan_model.WanModel, latent_format: Any, context: MemoryContext, learned: LearnedMemoryWeights | None
+) -> None:
+    """Refuse, before sampling, a context whose latents or kernels cannot go through this model."""
+    if not isinstance(context, MemoryContext):
+        raise ValueError(
+            f"context is a {type(context).__name__}; connect the MEMV2V_CONTEXT output of Memory-V2V Dynamic Tokenize."
+        )
+    if context.latent_format is not None:
+        check_latent_format(context.latent_format, latent_format, "Memory-V2V Apply Memory (context)")
+    channels = context.channels
+    model_channels = getattr(latent_format, "latent_channels", None)
+    if channels is not None and model_channels is not None and channels != model_channels:
+        raise ValueError(
+            f"context: the memory latents have {channels} channels but this model's latent format "
+            f"({type(latent_format).__name__}) has {model_channels}; use memories made with this model's VAE."
+        )
+    base = tuple(dm.patch_embedding.weight.shape[2:])
+    in_dim = int(dm.patch_embedding.weight.shape[1])
+    for index, stream in enumerate(context.streams):
+        name = f"context stream {index} ({stream.role}{'' if stream.entry_id is None else ' ' + stream.entry_id})"
+        kernel = stream.kernel
+        height, width = stream.latent.shape[-2:]
+        if kernel[1] > height or kernel[2] > width:
+            raise ValueError(
+                f"{name}: kernel {'x'.join(map(str, kernel))} does not fit its {height}x{width} latent; choose a "
+                f"smaller kernel in Dynamic Tokenize (at most 1x{height}x{width}) or use a larger video."
+            )
+        if learned is not None and learned.tokenizer(kernel) is not None:
+            weight = learned.tokenizer(kernel)[0]
+            if weight.shape[1] != stream.latent.shape[1]:
+                raise ValueError(
+                    f"{name}: the loaded tokenizer {kernel} takes {weight.shape[1]} channels but the latent has "
+                    f"{stream.latent.shape[1]}; load modules made for this latent format."
+                )
+            continue
+        if stream.latent.shape[1] != in_dim and not (
+            model_channels is not None and stream.latent.shape[1] == model_channels < in_dim
+        ):
+            raise ValueError(
+                f"{name}: the latent has {stream.latent.shape[1]} channels but the model's patch embedding takes "
+                f"{in_dim}; training-free tokenizers need matching channels (or the model's latent channels, "
+                "zero-padded for channel-concat models). Load tokenizer modules for this model, "
+                "or use memories made for it."
+            )
+        if kernel[0] != base[0] or kernel[1] % base[1] or kernel[2] % base[2]:
+            raise ValueError(
+                f"{name}: kernel {'x'.join(map(str, kernel))} is not a multiple of the model's patch size "
+                f"{'x'.join(map(str, base))}; use e.g. 1x{2 * base[1]}x{2 * base[2]} in Dynamic Tokenize."
+            )
+
+
+def merge_settings(
+    depth: int, memory_count: int, blocks: str, ratio: float, mode: str, operator: Callable | None = None
+) -> MergeSettings | None:
+    """The merge settings for ``mode`` ("merge", "discard" or "off" -> None); factor grows with the memory count."""
+    if mode not in MERGE_CHOICES:
+        raise ValueError(f"merge_mode ({mode!r}) must be one of {MERGE_CHOICES}.")
+    if mode == "off":
+        return None
+    chosen = parse_merge_blocks(blocks, depth)
+    factor = getattr(operator, "kernel", None)  # a learned operator fixes the reduction; else it grows with memory
+    return dataclasses.replace(
+        MergeSettings.for_model(depth, memory_count, ratio=ratio, factor=factor, mode=mode, operator=operator),
+        blocks=chosen,
+    )
+
+
+# --- per call ------------------------------------------------------------------------------------------------------
+def _base_patch_weights(dm: wan_model.WanModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The patch embedding's weights as this call sees them (LoRA, low-VRAM casting included), in fp32 on ``device``."""
+    layer = dm.patch_embedding
+    if isinstance(layer, comfy.ops.CastWeightBiasOp):
+        return comfy.ops.cast_bias_weight(layer, dtype=torch.float32, device=device, bias_dtype=torch.float32)
+    bias = None if layer.bias is None else layer.bias.to(device, torch.float32)
+    return layer.weight.to(device, torch.float32), bias
+
+
+def _weights_for(dm: wan_model.WanModel, learned: LearnedMemoryWeights | None, device: torch.device):
+    derived = DerivedTokenizer(*_base_patch_weights(dm, device))
+
+    def weights_for(kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loaded = learned.tokenizer(tuple(kernel)) if learned is not None else None
+        return loaded if loaded is not None else derived(kernel)
+
+    return weights_for
+
+
+def _capture_qk(original_block: Callable, args: dict, x_cat: torch.Tensor, pe_cat: torch.Tensor, vec_cat: torch.Tensor):
+    """The real block's self-attention q and k on [video, memory]: run it until its first attention call, then stop.
+
+    Uses ComfyUI's ``optimized_attention_override`` hook, so the q/k are exactly the block's own (norms, RoPE included).
+    """
+    captured: dict[str, Any] = {}
+
+    def capture(func, *a, **kw):
+        captured["q"], captured["k"] = a[0], a[1]
+        captured["heads"] = kw["heads"] if "heads" in kw else a[3]
+        captured["skip_reshape"] = kw.get("skip_reshape", False)
+        raise _QKCaptured
+
+    options = {**(args.get("transformer_options") or {}), "optimized_attention_override": capture}
+    try:
+        original_block({**args, "img": x_cat, "pe": pe_cat, "vec": vec_cat, "transformer_options": options})
+    except _QKCaptured:
+        pass
+    if "q" not in captured:
+        raise RuntimeError(
+            "memory merging needs the block's self-attention queries, but this Wan variant's blocks ignore "
+            "transformer_options; set merge_mode to 'off' in Memory-V2V Apply Memory."
+        )
+    q, k, heads = captured["q"], captured["k"], int(captured["heads"])
+    if captured["skip_reshape"]:  # [B, heads, N, d]
+        return q.transpose(1, 2), k.transpose(1, 2)
+    batch, tokens, width = q.shape
+    return q.view(batch, tokens, heads, width // heads), k.view(batch, tokens, heads, width // heads)
+
+
+@dataclass(eq=False)
+class _Installed:
+    """What the closures of one Apply Memory share: the processed context and its settings (never deep-copied)."""
+
+    context: MemoryContext
+    merge: MergeSettings | None
+    learned: LearnedMemoryWeights | None
+    observer: Observer | None
+    fallback: dict = field(default_factory=dict)  # for Wan variants whose block patches get no transformer_options
+    warned: set = field(default_factory=set)
+
+    def warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(message, *args)
+
+
+def _make_wrapper(installed: _Installed) -> Callable:
+    def memory_wrapper(executor, x, timestep, text, clip_fea=None, time_dim_concat=None, transformer_options=None,
+                       **kwargs):
+        options = transformer_options if transformer_options is not None else {}
+        if not installed.context.streams:
+            return executor(x, timestep, text, clip_fea, time_dim_concat, transformer_options, **kwargs)
+        dm = executor.class_obj
+        frames = x.shape[2] + (0 if time_dim_concat is None else time_dim_concat.shape[2])
+        if installed.context.mode != "story" and frames > installed.context.target_frames:
+            installed.warn_once("frames", "Memory-V2V: the model sees %d latent frames but the memory context was made "
+                                "for %d; video positions now overlap the memory's range. Set target_frames in "
+                                "Dynamic Tokenize to the generated video's latent frames.", frames,
+                                installed.context.target_frames)
+        weights_for = _weights_for(dm, installed.learned, x.device)
+        embedded = embed_context(installed.context, weights_for, device=x.device, dtype=x.dtype,
+                                 grid_unit=tuple(dm.patch_size))
+        cond_or_uncond = tuple(options.get("cond_or_uncond") or ())
+        merge = installed.merge
+        if merge is not None:
+            merge = dataclasses.replace(merge, plan_rows=rows_for_conditional(cond_or_uncond, x.shape[0]))
+        call = MemoryCall(MemoryStreamState.from_embedded(embedded, merge),
+                          lambda ids: dm.rope_embedder(ids.unsqueeze(0)).movedim(1, 2), cond_or_uncond)
+        installed.fallback["call"] = call
+        try:
+            out = executor(x, timestep, text, clip_fea, time_dim_concat, {**options, STATE_KEY: call}, **kwargs)
+        finally:
+            installed.fallback.pop("call", None)
+        if call.blocks_run != len(dm.blocks):
+            installed.warn_once("blocks", "Memory-V2V: the memory passed through %d of %d blocks; another node "
+                                "replaced the block patches after Apply Memory. Apply Memory last to keep it "
+                                "everywhere.",
+                                call.blocks_run, len(dm.blocks))
+        if installed.observer is not None:
+            installed.observer(call)
+        return out
+
+    return memory_wrapper
+
+
+def _make_block_patch(installed: _Installed, index: int, previous: Callable | None) -> Callable:
+    def memory_block(args: dict, extra: dict) -> dict:
+        original_block = extra["original_block"]
+        inner = original_block if previous is None else (lambda a: previous(a, extra))
+        options = args.get("transformer_options")
+        call = options.get(STATE_KEY) if options is not None else installed.fallback.get("call")
+        if call is None:
+            return inner(args)
+        state = call.state
+        merges_before = len(state.events)
+        call.blocks_run += 1
+
+        def block_fn(img, pe, vec):
+            return inner({**args, "img": img, "pe": pe, "vec": vec})["img"]
+
+        def qk_fn(x_cat, pe_cat, vec_cat):
+            return _capture_qk(original_block, args, x_cat, pe_cat, vec_cat)
+
+        x = state.run_block(block_fn, args["img"], args["pe"], args["vec"], call.rope_fn, index, qk_fn)
+        if len(state.events) > merges_before and state.responsiveness is not None:
+            call.responsiveness[index] = state.responsiveness
+        return {"img": x}
+
+    setattr(memory_block, PATCH_MARK, True)
+    return memory_block
+
+
+def _memory_latent(base_model: Any, stream: Any, dm: wan_model.WanModel, learned: LearnedMemoryWeights | None):
+    """A stream's latent in model space, zero-padded to the patch embedding's channels for derived tokenizers."""
+    latent = base_model.process_latent_in(stream.latent.float())
+    if learned is not None and learned.tokenizer(tuple(stream.kernel)) is not None:
+        return latent
+    return pad_condition_channels(latent, int(dm.patch_embedding.weight.shape[1]))
+
+
+def pad_condition_channels(latent: torch.Tensor, in_dim: int) -> torch.Tensor:
+    """Memory latents on a channel-concat Wan (LucyEdit 96 = 48 noisy + 48 source; Wan I2V 36 = 16 + 4 mask + 16):
+    the memory fills the latent channels and its conditioning channels are zeros, which is what ComfyUI's
+    ``WAN21.concat_cond`` feeds such a model when no conditioning latent is given (papers §8.3 item 16)."""
+    missing = in_dim - latent.shape[1]
+    if missing <= 0:
+        return latent
+    zeros = latent.new_zeros(latent.shape[0], missing, *latent.shape[2:])
+    return torch.cat([latent, zeros], dim=1)
+
+
+def apply_memory(
+    model: Any,
+    context: MemoryContext,
+    merge: MergeSettings | None,
+    learned: LearnedMemoryWeights | None = None,
+    observer: Observer | None = None,
+) -> Any:
+    """A clone of ``model`` that carries ``context`` through every Wan block (validated first; see check_context_fits).
+
+    Context latents are brought into the model's latent space (``process_latent_in``) once, here. Loaded weights ride
+    in an additional ModelPatcher, so ComfyUI loads and offloads them with the model.
+    """
+    dm = wan_diffusion_model(model)
+    base_model = model.model
+    check_context_fits(dm, base_model.latent_format, context, learned)
+    if merge is not None and isinstance(dm, wan_model.WanModel_S2V):
+        raise ValueError(
+            "merge_mode: Wan S2V blocks give patches no transformer options, so responsiveness cannot be measured; "
+            "set merge_mode to 'off' for this model."
+        )
+    processed = dataclasses.replace(
+        context,
+        streams=tuple(dataclasses.replace(s, latent=_memory_latent(base_model, s, dm, learned))
+                      for s in context.streams),
+    )
+    installed = _Installed(processed, merge, learned, observer)
+    patched = model.clone()
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                 _make_wrapper(installed))
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for index in range(len(dm.blocks)):
+        previous = existing.get(("double_block", index))
+        if previous is not None and getattr(previous, PATCH_MARK, False):
+            previous = None  # a second Apply Memory replaces the first instead of nesting inside it
+        patched.set_model_patch_replace(_make_block_patch(installed, index, previous), "dit", "double_block", index)
+    if learned is not None:
+        patched.set_additional_models(WRAPPER_KEY, [comfy.model_patcher.ModelPatcher(
+            learned, load_device=model.load_device, offload_device=model.offload_device)])
+    else:
+        patched.remove_additional_models(WRAPPER_KEY)
+    return patched
