@@ -21,6 +21,11 @@ WAN21_VAE = f"memv2v_demo_wan21_vae_random_v{BUILDER_VERSION}.safetensors"
 DEMO_VIDEO = f"memv2v_demo_clip_v{BUILDER_VERSION}.mp4"
 LUCY_DIT = f"memv2v_demo_lucyedit_wan22_tiny_v{BUILDER_VERSION}.safetensors"  # 96 in (48 noisy + 48 source), 48 out
 WAN22_VAE = f"memv2v_demo_wan22_vae_random_v{BUILDER_VERSION}.safetensors"
+# Wan 2.2 I2V A14B layout: two experts with 36 input channels (16 noisy + 4 mask + 16 condition), no image embedder.
+I2V_HIGH = f"memv2v_demo_wan22_i2v_high_noise_tiny_v{BUILDER_VERSION}.safetensors"
+I2V_LOW = f"memv2v_demo_wan22_i2v_low_noise_tiny_v{BUILDER_VERSION}.safetensors"
+STORYMEM_LORA = f"memv2v_demo_storymem_lora_tiny_v{BUILDER_VERSION}.pth"  # StoryMem's PEFT layout, rank 4
+STORYMEM_LORA_RANK = 4
 
 
 def bootstrap_comfy(comfyui: str | os.PathLike) -> None:
@@ -62,6 +67,30 @@ def build_wan_dit(path: Path, *, in_dim: int = 16, out_dim: int = 16, dim: int =
     state = _random_state_dict(model, seed)
     state.update(extra or {})
     _atomic_save(lambda tmp: save_file(state, str(tmp)), path)
+    return path
+
+
+def build_i2v_expert(path: Path, *, seed: int) -> Path:
+    """A tiny Wan 2.2 I2V A14B-shaped expert: 36 input channels, 16 output channels, no image embedder."""
+    return build_wan_dit(path, in_dim=36, out_dim=16, seed=seed)
+
+
+def build_storymem_lora(path: Path, *, dim: int = 128, ffn_dim: int = 256, layers: int = 2, seed: int = 3) -> Path:
+    """A random LoRA for the tiny DiT in StoryMem's release layout: a PEFT state dict (``base_model.model.`` keys,
+    ``lora_A`` / ``lora_B``, no alpha tensors) saved with ``torch.save`` as the official ``.pth`` files are."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    rank = STORYMEM_LORA_RANK
+    shapes = {f"{attn}.{proj}": (dim, dim) for attn in ("self_attn", "cross_attn") for proj in "qkvo"}
+    shapes.update({"ffn.0": (ffn_dim, dim), "ffn.2": (dim, ffn_dim)})
+    state = {}
+    for block in range(layers):
+        for name, (out_features, in_features) in shapes.items():
+            key = f"base_model.model.blocks.{block}.{name}"
+            state[f"{key}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * 0.02
+            state[f"{key}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.02
+    _atomic_save(lambda tmp: torch.save(state, str(tmp)), path)
     return path
 
 
@@ -126,12 +155,19 @@ def _atomic_save(write, path: Path) -> None:
     os.replace(tmp, path)
 
 
-EDIT_BUILDERS = {"lucy_dit": (LUCY_DIT, build_lucy_edit_dit), "wan22_vae": (WAN22_VAE, build_wan22_vae)}
+EDIT_BUILDERS = {
+    "lucy_dit": (LUCY_DIT, build_lucy_edit_dit),
+    "wan22_vae": (WAN22_VAE, build_wan22_vae),
+    "i2v_high": (I2V_HIGH, lambda path: build_i2v_expert(path, seed=1)),
+    "i2v_low": (I2V_LOW, lambda path: build_i2v_expert(path, seed=2)),
+    "storymem_lora": (STORYMEM_LORA, build_storymem_lora),
+}
 
 
 def build_all(out: Path, kinds: tuple[str, ...] = ()) -> dict[str, str]:
-    """Build (or reuse) every demo asset in ``out``, plus the optional ``kinds`` (e.g. "lucy_dit", "wan22_vae",
-    for the editing tests: the Wan 2.2 VAE is 1.4 GB of fp16, so only tests that need it build it); {kind: path}."""
+    """Build (or reuse) every demo asset in ``out``, plus the optional ``kinds`` (e.g. "lucy_dit", "wan22_vae" for
+    editing: the Wan 2.2 VAE is 1.4 GB of fp16, so only tests that need it build it; "i2v_high", "i2v_low",
+    "storymem_lora" for stories); {kind: path}."""
     out.mkdir(parents=True, exist_ok=True)
     assets = {"dit": out / WAN21_DIT, "vae": out / WAN21_VAE, "video": out / DEMO_VIDEO}
     builders = {"dit": build_wan_dit, "vae": build_wan_vae, "video": build_demo_video}
