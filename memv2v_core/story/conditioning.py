@@ -14,7 +14,7 @@ from ..memory.positions import DEFAULT_STORY_GAP, story_ids
 
 # Pixel frames of the previous shot that condition the next: 0 = cut (M2V), 1 = last frame (MI2V), 5 = last 5 (MM2V).
 CONDITION_PIXEL_FRAMES = (0, 1, 5)
-PIXEL_FRAMES_PER_LATENT = 4  # Wan 2.1 VAE: latent frame 0 is pixel frame 0, latent frame k>0 holds pixel frames 4k-3..4k
+PIXEL_FRAMES_PER_LATENT = 4  # Wan 2.1 VAE: latent frame 0 is pixel frame 0, latent frame k>0 pixel frames 4k-3..4k
 
 
 def given_latent_frames(condition_pixel_frames: int) -> int:
@@ -45,7 +45,7 @@ def storymem_inputs(
     if frames < max(given, 1):
         raise ValueError(
             f"shot_latent has {frames} latent frame(s) but condition_pixel_frames={condition_pixel_frames} conditions "
-            f"{given}; encode the whole shot video (81 pixel frames -> 21 latent frames), not only its condition frames."
+            f"{given}; encode the whole shot video (81 pixel frames -> 21 latent frames), not just its condition frames."
         )
     if memory_latents is None:
         memory = shot.new_zeros(batch, channels, 0, height, width)

@@ -154,7 +154,7 @@ def _check_stored(stored: torch.Tensor | None, dim: int) -> torch.Tensor:
 
 
 def _scores(values: Any, count: int) -> tuple[float, ...]:
-    scores = torch.as_tensor(values, dtype=torch.float32).flatten()
+    scores = torch.as_tensor(values, dtype=torch.float64).flatten()
     if scores.numel() != count:
         raise ValueError(f"quality_gate returned {scores.numel()} scores for {count} frames; it must score every "
                          "frame, [N].")

@@ -97,7 +97,7 @@ def select_memories(
     for name, value in (("max_memories", max_memories), ("sink", sink)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} ({value!r}) must be an integer >= 0.")
-    if sink > max_memories:
+    if sink > max_memories and mode != "relevance":
         raise ValueError(f"sink ({sink}) must not be greater than max_memories ({max_memories}); the sink is part of "
                          "the memory budget.")
     values = None

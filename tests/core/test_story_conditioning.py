@@ -1,4 +1,4 @@
-"""StoryMem conditioning through ComfyUI's Wan I2V fields equals the official computation (cut, MI2V, MM2V; M = 0, 1, 3).
+"""StoryMem conditioning through ComfyUI's Wan I2V fields equals the official one (cut, MI2V, MM2V; M = 0, 1, 3).
 
 The reference is written from the official formulas (StoryMem ``wan/memory2video.py`` L403-454, research notes
 storymem.md item 1.4-1.7): a pixel-frame mask whose first M+1 entries are repeated 4x, folded into 4 channels per
