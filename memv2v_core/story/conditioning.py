@@ -45,7 +45,7 @@ def storymem_inputs(
     if frames < max(given, 1):
         raise ValueError(
             f"shot_latent has {frames} latent frame(s) but condition_pixel_frames={condition_pixel_frames} conditions "
-            f"{given}; encode the whole shot video (81 pixel frames -> 21 latent frames), not just its condition frames."
+            f"{given}; encode the whole shot video (81 pixel frames = 21 latents), not just its condition frames."
         )
     if memory_latents is None:
         memory = shot.new_zeros(batch, channels, 0, height, width)
