@@ -160,7 +160,21 @@ class SegmentRetrieve(io.ComfyNode):
                 io.String.Output(display_name="scores",
                                  tooltip="Every earlier segment's cosine similarity and rank as a text table."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.dynprompt],
         )
+
+    @classmethod
+    def _clip_vision_file(cls) -> str:
+        """The file the loader feeding clip_vision names (its clip_name), for the embedder's name: CLIP_VISION itself
+        does not know its file. Shown and stored, never compared (the identity hashes the weights instead)."""
+        graph, node_id = cls.hidden.dynprompt, cls.hidden.unique_id
+        if graph is None or node_id is None or not graph.has_node(node_id):
+            return ""
+        link = graph.get_node(node_id).get("inputs", {}).get("clip_vision")
+        if not isinstance(link, list) or not link or not graph.has_node(link[0]):
+            return ""
+        name = graph.get_node(link[0]).get("inputs", {}).get("clip_name")
+        return os.path.basename(name) if isinstance(name, str) else ""
 
     @classmethod
     def execute(cls, bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
@@ -174,7 +188,7 @@ class SegmentRetrieve(io.ComfyNode):
                              f"embedder (its '{FALLBACK}' entry needs no file).")
         source = "clip_vision" if clip_vision is not None else "embedder"
         if clip_vision is not None:
-            embedder = EncodeImageEmbedder(clip_vision)
+            embedder = EncodeImageEmbedder(clip_vision, file=cls._clip_vision_file())
         try:
             descriptor = describe_segment(embedder, segment, segment_index, source_id or None)
         except ValueError as error:

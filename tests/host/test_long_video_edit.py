@@ -123,10 +123,10 @@ def test_shipped_workflow_describes_segments_with_clip_vision(host, edited):
     assert prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] == "lucy-edit-dev-cui-fp16.safetensors"
 
 
-def test_the_bank_records_the_clip_vision_encoders_identity(host, edited):
+def test_the_bank_records_the_clip_vision_encoders_identity(host, edited, edit_models):
     bank = MemoryBank.open(host.output_path(f"memory_banks/{BANK}"))
     extras = [bank.entry(i).extra for i in bank.ids()]
-    assert {e["embedder"] for e in extras} == {"clip_vision:Dinov2Model"}
+    assert {e["embedder"] for e in extras} == {f"clip_vision:Dinov2Model:{edit_models['dinov2']}"}  # with the file
     identities = {e["embedder_id"] for e in extras}
     assert len(identities) == 1  # one encoder for the whole video
     identity = identities.pop()
