@@ -196,7 +196,7 @@ class BankAdd(io.ComfyNode):
         latent_format = _latent_format(samples, model)  # its errors already name the inputs
         vector = extra = None
         if descriptor is not None:
-            vector, extra = descriptor.vector, {"embedder": descriptor.embedder}
+            vector, extra = descriptor.vector, descriptor.bank_extra()  # the embedder's name and identity
             if segment_index < 0 and descriptor.segment_index is not None:
                 segment_index = descriptor.segment_index
             source_id = source_id or descriptor.source_id or ""

@@ -1,6 +1,8 @@
 """Segment retrieval nodes: load an image embedder, and rank earlier source segments by similarity to the current one.
 
-Glue only: ComfyUI types in, ``memv2v_core.retrieval.embedders`` / ``memv2v_core.retrieval.descriptors`` do the work.
+The default image encoder is ComfyUI's own CLIP_VISION (DINOv2, as in the paper, from Load CLIP Vision) connected to
+Segment Retrieve; Embedder Load offers open_clip files and the colour-histogram fallback. Glue only: ComfyUI types
+in, ``memv2v_core.retrieval.embedders`` / ``memv2v_core.retrieval.descriptors`` do the work.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K, describe_segment, format_segment_scores, select_segments
-from ..memv2v_core.retrieval.embedders import (DEFAULT_BATCH, ColorHistogramEmbedder, EncodeImageEmbedder, load_open_clip,
-                                     open_clip_architectures)
+from ..memv2v_core.retrieval.embedders import (DEFAULT_BATCH, ColorHistogramEmbedder, EncodeImageEmbedder,
+                                               load_open_clip, open_clip_architectures)
 from . import socket_types
 from .paths import MODELS_FOLDER
 from .socket_types import Bank, Embedder, Selection
@@ -22,7 +24,8 @@ from .socket_types import Bank, Embedder, Selection
 logger = logging.getLogger(__name__)
 
 CATEGORY = "MemoryV2V/retrieval"
-BUILTIN = "(built-in colour histogram, no weights)"
+FALLBACK = "(fallback) colour histogram - no weights, not an image encoder"
+LEGACY_BUILTIN = "(built-in colour histogram, no weights)"  # the fallback's name in workflows saved before
 DEFAULT_ARCHITECTURE = "ViT-B-32"
 Descriptor = socket_types.Descriptor  # what Bank Add stores with an edited segment
 
@@ -40,7 +43,7 @@ def _architectures() -> tuple[str, ...]:
 
 
 def _weight_files() -> list[str]:
-    return [BUILTIN] + list(folder_paths.get_filename_list(MODELS_FOLDER))
+    return [FALLBACK] + list(folder_paths.get_filename_list(MODELS_FOLDER))
 
 
 def _models_dirs() -> list[str]:
@@ -48,7 +51,8 @@ def _models_dirs() -> list[str]:
 
 
 class EmbedderLoad(io.ComfyNode):
-    """Load an open_clip image encoder from a local weights file (never downloaded) for segment retrieval."""
+    """Load an open_clip image encoder from a local weights file (never downloaded), or the colour-histogram
+    fallback, for segment retrieval. DINOv2 comes from ComfyUI's Load CLIP Vision instead."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -58,18 +62,20 @@ class EmbedderLoad(io.ComfyNode):
             display_name="Memory-V2V Embedder Load",
             category=CATEGORY,
             description="Loads an open_clip image encoder from a weights file in models/memv2v (nothing is "
-                        "downloaded) to describe video segments for Segment Retrieve. The built-in colour histogram "
-                        "needs no file but only compares colours and layout. For DINOv2 (as in the paper), load it "
-                        "with ComfyUI's Load CLIP Vision and connect it to Segment Retrieve's clip_vision input.",
+                        "downloaded) to describe video segments for Segment Retrieve. For DINOv2 (as in the paper, "
+                        "and the shipped workflow's default), use ComfyUI's Load CLIP Vision and connect it to "
+                        "Segment Retrieve's clip_vision input instead. The '(fallback) colour histogram' entry needs "
+                        "no file but is not an image encoder: it only compares colours and layout.",
             inputs=[
-                io.Combo.Input("file", options=_weight_files(), default=BUILTIN,
+                io.Combo.Input("file", options=_weight_files(), default=FALLBACK,
                                tooltip="The open_clip weights file (e.g. open_clip_pytorch_model.bin or "
                                        ".safetensors from the model's page), placed in ComfyUI's models/memv2v "
-                                       "folder. The first entry needs no file."),
+                                       "folder. The first entry is the colour-histogram fallback: no file, colours "
+                                       "and layout only."),
                 io.Combo.Input("architecture", options=architectures,
                                default=DEFAULT_ARCHITECTURE if DEFAULT_ARCHITECTURE in architectures else None,
                                tooltip="The open_clip architecture the file was trained with (its model page names "
-                                       "it, e.g. ViT-B-32, ViT-L-14). Ignored for the built-in embedder."),
+                                       "it, e.g. ViT-B-32, ViT-L-14). Ignored for the fallback."),
                 io.Int.Input("batch_size", default=DEFAULT_BATCH, min=1, max=256, optional=True,
                              tooltip="Frames embedded at once; lower it if the GPU runs out of memory."),
             ],
@@ -78,10 +84,20 @@ class EmbedderLoad(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, file: str) -> bool | str:
+        # Naming ``file`` here replaces ComfyUI's list check for it, so workflows saved with the fallback's old
+        # name still validate.
+        if not isinstance(file, str) or file in (FALLBACK, LEGACY_BUILTIN) or file in _weight_files():
+            return True
+        return (f"file: '{file}' is not in {' or '.join(_models_dirs())}. Put the open_clip weights file there and "
+                f"refresh the node list (press R), or choose '{FALLBACK}'.")
+
+    @classmethod
     def execute(cls, file: str, architecture: str, batch_size: int = DEFAULT_BATCH) -> io.NodeOutput:
-        if file == BUILTIN:
+        if file in (FALLBACK, LEGACY_BUILTIN):
             embedder = ColorHistogramEmbedder()
-            return io.NodeOutput(embedder, ui={"text": [f"{embedder.name}: {embedder.dim} values per frame"]})
+            return io.NodeOutput(embedder, ui={"text": [f"{embedder.name}: {embedder.dim} values per frame; a "
+                                                        "fallback, not an image encoder (colours and layout only)"]})
         path = folder_paths.get_full_path(MODELS_FOLDER, file)
         if path is None or not os.path.isfile(path):
             raise ValueError(f"file: '{file}' was not found in {' or '.join(_models_dirs())}. Put the open_clip "
@@ -109,7 +125,9 @@ class SegmentRetrieve(io.ComfyNode):
             description="Describes the current source segment (mean of its frames' normalised image embeddings) and "
                         "ranks the earlier segments of the same video stored in the bank by cosine similarity. The "
                         "immediately previous segment always comes first, then the most similar, up to top_k. "
-                        "Outputs the selection for Dynamic Tokenize and the descriptor for Bank Add.",
+                        "Outputs the selection for Dynamic Tokenize and the descriptor for Bank Add, which records "
+                        "the encoder's identity with it: segments described by another encoder are refused, even "
+                        "when the sizes agree.",
             inputs=[
                 Bank.Input("bank", tooltip="The memory bank holding this video's edited segments."),
                 io.Image.Input("segment", tooltip="The current source segment (Split Segments' segment output), "
@@ -126,11 +144,12 @@ class SegmentRetrieve(io.ComfyNode):
                                  tooltip="Always put the immediately previous segment first (as the paper does): it "
                                          "keeps the seam between segments coherent."),
                 Embedder.Input("embedder", optional=True,
-                               tooltip="An image embedder from Embedder Load. Leave open to use clip_vision, or "
-                                       "neither for the built-in colour histogram."),
+                               tooltip="An image embedder from Embedder Load (open_clip, or the colour-histogram "
+                                       "fallback), instead of clip_vision. Connect exactly one of the two."),
                 io.ClipVision.Input("clip_vision", optional=True,
-                                    tooltip="A ComfyUI CLIP Vision model (CLIP, SigLIP, or DINOv2 large / giant, as in "
-                                            "the paper) instead of 'embedder'."),
+                                    tooltip="The default: a ComfyUI Load CLIP Vision model, DINOv2 large or giant as "
+                                            "in the paper (CLIP and SigLIP work too). Every later segment must use "
+                                            "the same file: the bank records which encoder made each descriptor."),
             ],
             outputs=[
                 Selection.Output(display_name="selection",
@@ -141,7 +160,21 @@ class SegmentRetrieve(io.ComfyNode):
                 io.String.Output(display_name="scores",
                                  tooltip="Every earlier segment's cosine similarity and rank as a text table."),
             ],
+            hidden=[io.Hidden.unique_id, io.Hidden.dynprompt],
         )
+
+    @classmethod
+    def _clip_vision_file(cls) -> str:
+        """The file the loader feeding clip_vision names (its clip_name), for the embedder's name: CLIP_VISION itself
+        does not know its file. Shown and stored, never compared (the identity hashes the weights instead)."""
+        graph, node_id = cls.hidden.dynprompt, cls.hidden.unique_id
+        if graph is None or node_id is None or not graph.has_node(node_id):
+            return ""
+        link = graph.get_node(node_id).get("inputs", {}).get("clip_vision")
+        if not isinstance(link, list) or not link or not graph.has_node(link[0]):
+            return ""
+        name = graph.get_node(link[0]).get("inputs", {}).get("clip_name")
+        return os.path.basename(name) if isinstance(name, str) else ""
 
     @classmethod
     def execute(cls, bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
@@ -149,20 +182,26 @@ class SegmentRetrieve(io.ComfyNode):
         if embedder is not None and clip_vision is not None:
             raise ValueError("embedder / clip_vision: both are connected; connect only the one the bank's segments "
                              "were described with")
-        fallback = embedder is None and clip_vision is None
+        if embedder is None and clip_vision is None:
+            raise ValueError("embedder / clip_vision: neither is connected. Connect ComfyUI's Load CLIP Vision with "
+                             "a DINOv2 file (models/clip_vision) to clip_vision, or Memory-V2V Embedder Load to "
+                             f"embedder (its '{FALLBACK}' entry needs no file).")
+        source = "clip_vision" if clip_vision is not None else "embedder"
         if clip_vision is not None:
-            embedder = EncodeImageEmbedder(clip_vision, name=f"clip_vision:{type(clip_vision.model).__name__}"
-                                           if hasattr(clip_vision, "model") else "clip_vision")
-        elif fallback:
-            embedder = ColorHistogramEmbedder()
+            embedder = EncodeImageEmbedder(clip_vision, file=cls._clip_vision_file())
         try:
             descriptor = describe_segment(embedder, segment, segment_index, source_id or None)
         except ValueError as error:
             raise ValueError(f"segment: {error}") from None
-        result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first)
+        try:
+            result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first)
+        except ValueError as error:  # the core names its "embedder"; say which input it came through
+            message = str(error)
+            raise ValueError(f"{source}:{message[len('embedder:'):]}" if message.startswith("embedder:")
+                             else message) from None
         table = format_segment_scores(result)
-        if fallback:
-            table += "\nnote: no embedder connected; using the built-in colour histogram (colours and layout only)"
+        table += (f"\nembedder: {descriptor.embedder}, {descriptor.dim} values "
+                  f"[{descriptor.embedder_id or 'no identity'}]")
         return io.NodeOutput(result.selection, descriptor, table, ui={"text": [table]})
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from .spec import Note, WorkflowSpec
 from .parts import NEGATIVE, UMT5, WAN22_VAE, node
 
-# The ComfyUI repackaging of decart-ai/Lucy-Edit-Dev; papers.md names no file, so this is a placeholder name (see note).
-LUCY_EDIT = "lucy_edit_dev_fp16.safetensors"
+# Decart's own ComfyUI-layout file (repository decart-ai/Lucy-Edit-Dev-ComfyUI), loaded by the native UNETLoader.
+LUCY_EDIT = "lucy-edit-dev-cui-fp16.safetensors"
+# facebook/dinov2-large's model.safetensors, renamed: ComfyUI's Load CLIP Vision reads DINOv2 large and giant.
+DINOV2 = "dinov2_large.safetensors"
 EDIT_INSTRUCTION = ("Change the sky to a dramatic orange sunset with glowing clouds, keep the buildings, the street "
                     "and the camera motion exactly as they are")
 SEGMENT_LENGTH, OVERLAP = 81, 8
@@ -35,10 +37,10 @@ def long_video_edit() -> WorkflowSpec:
         SPLIT: node("MemV2V_SplitSegments", "Split Segments (index: increment)", image=["10", 0], index=0,
                     vae_temporal_stride=4, **seg),
         "11": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit"),
-        "12": node("MemV2V_EmbedderLoad", "Segment Embedder", file="(built-in colour histogram, no weights)",
-                   architecture="ViT-B-32"),
+        "12": node("CLIPVisionLoader", "Load DINOv2 (segment descriptors)", clip_name=DINOV2),
         "13": node("MemV2V_SegmentRetrieve", "Retrieve Edited Segments", bank=["11", 0], segment=[SPLIT, 0],
-                   segment_index=[SPLIT, 1], source_id=[SPLIT, 5], top_k=4, recent_first=True, embedder=["12", 0]),
+                   segment_index=[SPLIT, 1], source_id=[SPLIT, 5], top_k=4, recent_first=True,
+                   clip_vision=["12", 0]),
         "14": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
         "15": node("MemV2V_EditConditioning", "Source Segment (channel concat)", positive=["4", 0],
                    negative=["5", 0], vae=["6", 0], source=[SPLIT, 0], model=["14", 0]),
@@ -71,13 +73,18 @@ def long_video_edit() -> WorkflowSpec:
              "message - set index back to 0 for another pass.\n"
              "3. Keep segment_length and overlap the same in Split and Stitch. 81 frames = 21 latent frames.",
              column=0, title="How to use", height=330),
-        Note("Models (ComfyUI folders):\n- `models/diffusion_models/lucy_edit_dev_fp16.safetensors`: **placeholder "
-             "name** - LucyEdit-Dev (decart-ai/Lucy-Edit-Dev, non-commercial licence) converted to ComfyUI's Wan "
-             "key layout (96 input channels); pick your file here.\n- `models/text_encoders/"
-             "umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n- `models/vae/wan2.2_vae.safetensors`\n\n"
-             "The source enters by channel concatenation (Edit Conditioning); earlier edited segments enter as "
+        Note("Models (ComfyUI folders):\n- `models/diffusion_models/" + LUCY_EDIT + "`: LucyEdit-Dev in "
+             "ComfyUI's layout, from decart-ai/Lucy-Edit-Dev-ComfyUI (non-commercial licence), for **Load "
+             "LucyEdit**.\n- `models/clip_vision/" + DINOV2 + "`: DINOv2 ViT-L/14 (facebook/dinov2-large's "
+             "`model.safetensors`, renamed), for **Load DINOv2**: it describes each source segment so earlier "
+             "ones can be retrieved (DINOv2 giant works too). Keep the same file for every segment of a video: "
+             "the bank records which encoder made each descriptor and refuses another one. Without DINOv2, "
+             "connect Memory-V2V Embedder Load (open_clip, or the colour-histogram fallback) to Retrieve's "
+             "embedder input instead.\n"
+             "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n- `models/vae/wan2.2_vae.safetensors`"
+             "\n\nThe source enters by channel concatenation (Edit Conditioning); earlier edited segments enter as "
              "memory tokens (previous segment first). Any Wan V2V model with concatenated source channels works "
-             "the same way.", column=1, title="Models", height=300),
+             "the same way.", column=1, title="Models", height=360),
     ]
     groups = {"Source segment": ["7", "8", "10", SPLIT, "15"], "Memory": ["11", "12", "13", "16", "17", "20"],
               "Result": ["21", "22", "23"]}

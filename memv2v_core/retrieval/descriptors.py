@@ -10,6 +10,11 @@ segment index (the segment was edited again) the newest wins. With a ``source_id
 candidates and other videos' segments are ignored with a note; it is an error when, past segment 0, the bank holds
 none of this video's segments but does hold another video's (a changed or mistyped source_id would silently drop
 the memory). Without a ``source_id`` the bank must hold segments of at most one video.
+
+Which descriptors compare (our rule): each stored descriptor carries its embedder's identity key in the entry's
+extra ("embedder_id"); a descriptor of another embedder is refused even when the sizes agree (DINOv2-L and CLIP-H
+both give 1024 values, in unrelated spaces). Entries stored before identities were recorded have none: they are
+compared by size only, as they always were, and a note says how many.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOP_K = 4
 DESCRIPTOR_NAME = "descriptor"      # the bank tensor that holds a segment's descriptor
 EMBEDDER_KEY = "embedder"           # entry.extra key naming the embedder that made it (when recorded)
+EMBEDDER_ID_KEY = "embedder_id"     # entry.extra key holding that embedder's identity key (absent in older entries)
 
 Candidate = tuple[str, int, "torch.Tensor | None"]  # (entry_id, segment_index, descriptor)
 
@@ -42,10 +48,18 @@ class SegmentDescriptor:
     segment_index: int | None = None
     source_id: str | None = None
     frames: int = 0
+    embedder_id: str | None = None  # the embedder's identity key and the size; None when the embedder has none
 
     @property
     def dim(self) -> int:
         return self.vector.numel()
+
+    def bank_extra(self) -> dict[str, str]:
+        """What Bank Add stores in the entry's extra beside the descriptor: the embedder's name and identity."""
+        extra = {EMBEDDER_KEY: self.embedder}
+        if self.embedder_id is not None:
+            extra[EMBEDDER_ID_KEY] = self.embedder_id
+        return extra
 
 
 def segment_descriptor(frame_embeddings: torch.Tensor) -> torch.Tensor:
@@ -63,8 +77,37 @@ def describe_segment(embedder: Any, frames: torch.Tensor, segment_index: int | N
                      source_id: str | None = None) -> SegmentDescriptor:
     """Embed a segment's frames with ``embedder`` (``embed_frames`` protocol) and average them."""
     vector = segment_descriptor(embedder.embed_frames(frames))
+    identity = getattr(embedder, "identity", None)
+    embedder_id = f"{identity.key}|dim={vector.numel()}" if identity is not None else None
     return SegmentDescriptor(vector, getattr(embedder, "name", type(embedder).__name__), segment_index, source_id,
-                             frames=int(frames.shape[0]))
+                             frames=int(frames.shape[0]), embedder_id=embedder_id)
+
+
+def check_same_embedder(current: Any, stored_id: str | None, stored_name: str | None, where: str) -> bool:
+    """Refuse a stored descriptor made by another embedder than ``current`` (a ``SegmentDescriptor``); ``where``
+    names the stored one. False when either side has no identity (then only the sizes can be checked)."""
+    current_id = current.embedder_id if isinstance(current, SegmentDescriptor) else None
+    if current_id is None or stored_id is None:
+        return False
+    if current_id != stored_id:
+        stored = f"{stored_name} [{stored_id}]" if stored_name else f"[{stored_id}]"
+        raise ValueError(f"embedder: {current.embedder} [{current_id}] is not the embedder {where} was described "
+                         f"with: {stored} ({_difference(current_id, stored_id)}). Descriptors of different image "
+                         "encoders cannot be compared, even of the same size. Connect the embedder the earlier "
+                         "segments were described with (the same model file), or start a new bank or source_id.")
+    return True
+
+
+def _difference(key: str, other: str) -> str:
+    """Which part of two identity keys differs, in words (keys: kind|architecture|layout=..|weights=..|dim=..)."""
+    fields = [lambda k: k.split("|")[:2], lambda k: [p for p in k.split("|") if p.startswith("layout=")],
+              lambda k: [p for p in k.split("|") if p.startswith("weights=")]]
+    words = ["another kind of model", "the same architecture with another layout or preprocessing",
+             "the same architecture with other weights"]
+    for get, word in zip(fields, words):
+        if get(key) != get(other):
+            return word
+    return "another embedder"
 
 
 @dataclass(frozen=True)
@@ -115,6 +158,9 @@ def score_segments(current: Any, candidates: Sequence[Candidate], current_index:
                              f"{segment_index}) holds a {stored.numel()}-value one: they come from different "
                              "embedders. Use the embedder the bank's segments were described with, or a new "
                              "source_id / bank.")
+        if isinstance(descriptor, SegmentDescriptor):
+            check_same_embedder(current, descriptor.embedder_id, descriptor.embedder,
+                                f"entry {entry_id} (segment {segment_index})")
         similarity[entry_id] = float(F.cosine_similarity(query, stored, dim=0, eps=1e-12))
 
     previous = next((c for c in kept if c[1] == current_index - 1), None) if recent_first else None
@@ -197,21 +243,33 @@ def select_segments(bank: Any, source_id: str | None, current_index: int, descri
 
     query = _vector(descriptor, "descriptor")
     embedder = descriptor.embedder if isinstance(descriptor, SegmentDescriptor) else None
-    candidates, undescribed = [], 0
+    candidates, undescribed, identified, legacy = [], 0, 0, 0
     for entry in kept:
         stored = bank.load_tensor(entry.entry_id, DESCRIPTOR_NAME) if entry.has(DESCRIPTOR_NAME) else None
         if stored is None and entry.segment_index != current_index - 1:
             undescribed += 1
+        extra = entry.extra if isinstance(entry.extra, dict) else {}
+        made_by, stored_id = extra.get(EMBEDDER_KEY), extra.get(EMBEDDER_ID_KEY)
         if stored is not None and stored.numel() != query.numel():
-            made_by = entry.extra.get(EMBEDDER_KEY) if isinstance(entry.extra, dict) else None
             raise ValueError(f"embedder: {embedder or 'this embedder'} gives {query.numel()}-value descriptors, but "
                              f"segment {entry.segment_index} (entry {entry.entry_id}) was stored with a "
                              f"{stored.numel()}-value one{f' by {made_by}' if made_by else ''}. Connect the embedder "
                              "the earlier segments were described with, or start a new bank or source_id.")
+        if stored is not None:
+            check_same_embedder(descriptor, stored_id, made_by, f"segment {entry.segment_index} (entry "
+                                                                f"{entry.entry_id})")
+            identified, legacy = identified + (stored_id is not None), legacy + (stored_id is None)
         candidates.append((entry.entry_id, entry.segment_index, stored))
     if undescribed:
         notes.append(f"{undescribed} segments have no stored descriptor and cannot be ranked (add them with the "
                      "descriptor output of Segment Retrieve)")
+    current_id = descriptor.embedder_id if isinstance(descriptor, SegmentDescriptor) else None
+    if current_id is not None and legacy:
+        notes.append(f"{legacy} stored descriptors carry no embedder identity (stored before it was recorded): "
+                     "compared by size only, so make sure this is the embedder they were made with")
+    if current_id is None and identified:
+        notes.append("the current descriptor carries no embedder identity: compared with the stored ones by size "
+                     "only")
     if current_index > 0 and not any(c[1] == current_index - 1 for c in candidates):
         notes.append(f"segment {current_index - 1} (the previous one) is not in the bank yet; the best match takes "
                      "its place")

@@ -1,17 +1,22 @@
-"""Per-frame image embedders for segment retrieval: open_clip from a local file, any ``encode_image`` encoder
-(ComfyUI's CLIP_VISION, which includes DINOv2), and a colour-histogram embedder that needs no weights.
+"""Per-frame image embedders for segment retrieval: any ``encode_image`` encoder (ComfyUI's CLIP_VISION, which
+includes DINOv2, the paper's choice), open_clip from a local file, and a colour-histogram fallback that needs no
+weights.
 
 All share one protocol, ``embed_frames(frames [N, H, W, 3] float 0..1) -> [N, D]``: frames are processed in
-batches, resized to the model's input size, and returned as float32 on the CPU.
+batches, resized to the model's input size, and returned as float32 on the CPU. Each embedder also states its
+``identity`` (``EmbedderIdentity``): descriptors are comparable only when their embedders' identities agree, since
+two encoders with the same output size still describe images in unrelated spaces.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +26,62 @@ logger = logging.getLogger(__name__)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_BATCH = 16
+FINGERPRINT_SAMPLES = 64  # values per weight tensor that enter the weights fingerprint
+
+
+@dataclass(frozen=True)
+class EmbedderIdentity:
+    """What an embedder is, so descriptors of different embedders are never compared.
+
+    ``kind`` and ``architecture`` name the model family and its preprocessing; ``layout`` hashes the parameter
+    names and shapes (and the preprocessing numbers), ``weights`` a fixed sample of the weights rounded to float16,
+    so the same file gives the same identity on a CPU (float32) and a GPU (float16) but a fine-tune or another
+    seed does not. ``file`` is the weights file where the loader knows it: shown, not compared (a renamed copy is
+    the same embedder). Weight-free embedders leave ``layout`` and ``weights`` empty.
+    """
+
+    kind: str
+    architecture: str
+    layout: str = ""
+    weights: str = ""
+    file: str = ""
+
+    @property
+    def key(self) -> str:
+        """The string stored with each descriptor; two descriptors are comparable only when their keys are equal."""
+        parts = [self.kind, self.architecture]
+        parts += [f"layout={self.layout}"] if self.layout else []
+        parts += [f"weights={self.weights}"] if self.weights else []
+        return "|".join(parts)
+
+
+def weights_fingerprint(state: Mapping[str, Any], extra: str = "") -> tuple[str, str]:
+    """(layout, weights): 12-hex-digit hashes of a state dict's names and shapes (plus ``extra``, e.g. the
+    preprocessing), and of ``FINGERPRINT_SAMPLES`` evenly spaced values per tensor cast to float16.
+
+    Casting to float16 is one rounding from float32 and exact from float16 or bfloat16 weights, so the hash does not
+    depend on the precision ComfyUI loaded the file in (float16 on GPUs, float32 with --fp32-text-enc).
+    """
+    layout, weights = hashlib.sha256(extra.encode()), hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        layout.update(f"{name}|{list(tensor.shape)}\n".encode())
+        flat = tensor.detach().reshape(-1)
+        count = min(FINGERPRINT_SAMPLES, flat.numel())
+        if count == 0 or flat.device.type == "meta":
+            continue
+        index = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(count - 1, 1)  # exact integers
+        sample = flat[index.to(flat.device)].to("cpu", torch.float16)
+        weights.update(name.encode() + b"\n" + sample.numpy().tobytes())
+    return layout.hexdigest()[:12], weights.hexdigest()[:12]
 
 
 @runtime_checkable
 class FrameEmbedder(Protocol):
-    """What segment retrieval needs from an image encoder."""
+    """What segment retrieval needs from an image encoder. Optional: ``identity`` (an ``EmbedderIdentity``);
+    descriptors of an embedder without one are compared with stored ones by size only."""
 
     name: str
 
@@ -83,11 +139,14 @@ class BatchedEmbedder:
 
 
 class ColorHistogramEmbedder(BatchedEmbedder):
-    """Deterministic, weight-free frame features: a joint RGB histogram plus a thumbnail centred per channel.
+    """The fallback: deterministic, weight-free frame features (a joint RGB histogram plus a thumbnail centred per
+    channel), labelled as a fallback in its name and identity.
 
     Good enough to tell scenes apart by colour and layout (tests, and a zero-download fallback); it knows nothing
-    about content, so use an open_clip or DINOv2 model for real retrieval.
+    about content, so use a DINOv2 (ComfyUI CLIP Vision) or open_clip model for real retrieval.
     """
+
+    ALGORITHM = "v1"  # bump if the features change: old descriptors then no longer compare with new ones
 
     def __init__(self, bins: int = 8, thumbnail: int = 8, work_size: int = 64, batch_size: int = 64):
         super().__init__(batch_size)
@@ -95,7 +154,9 @@ class ColorHistogramEmbedder(BatchedEmbedder):
             raise ValueError(f"bins={bins}, thumbnail={thumbnail}, work_size={work_size}: need bins >= 2 and "
                              "1 <= thumbnail <= work_size")
         self.bins, self.thumbnail, self.work_size = bins, thumbnail, work_size
-        self.name = f"color-histogram(bins={bins}, thumbnail={thumbnail})"
+        self.name = f"fallback:colour-histogram(bins={bins}, thumbnail={thumbnail})"
+        self.identity = EmbedderIdentity("fallback-colour-histogram",
+                                         f"{self.ALGORITHM}(bins={bins},thumbnail={thumbnail},work_size={work_size})")
 
     @property
     def dim(self) -> int:
@@ -118,15 +179,27 @@ class ColorHistogramEmbedder(BatchedEmbedder):
 
 class EncodeImageEmbedder(BatchedEmbedder):
     """Wraps an encoder with ``encode_image(images [B, H, W, 3]) -> {"image_embeds": [B, D]}`` (ComfyUI's
-    CLIP_VISION: CLIP, SigLIP, DINOv2); the encoder does its own resizing and normalisation."""
+    CLIP_VISION: CLIP, SigLIP, DINOv2); the encoder does its own resizing and normalisation.
 
-    def __init__(self, encoder: Any, name: str = "clip_vision", key: str = "image_embeds",
-                 batch_size: int = DEFAULT_BATCH):
+    Its identity comes from the encoder: the model class, the input size and normalisation, and the fingerprint of
+    its weights (``encoder.get_sd()`` or ``encoder.model.state_dict()``); ``file`` names the weights file if known.
+    """
+
+    def __init__(self, encoder: Any, name: str | None = None, key: str = "image_embeds",
+                 batch_size: int = DEFAULT_BATCH, file: str = ""):
         super().__init__(batch_size)
         if not callable(getattr(encoder, "encode_image", None)):
             raise ValueError(f"clip_vision: {type(encoder).__name__} has no encode_image(); connect a CLIP Vision "
                              "loader's output")
-        self.encoder, self.key, self.name = encoder, key, name
+        self.encoder, self.key, self.file = encoder, key, file
+        self.name = name or f"clip_vision:{_model_class(encoder)}" + (f":{file}" if file else "")
+        self._identity: EmbedderIdentity | None = None
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        if self._identity is None:  # computed once: it reads a sample of every weight tensor
+            self._identity = encoder_identity(self.encoder, "clip_vision", self.file)
+        return self._identity
 
     def _embed_batch(self, frames: torch.Tensor) -> torch.Tensor:
         output = self.encoder.encode_image(frames)
@@ -137,19 +210,57 @@ class EncodeImageEmbedder(BatchedEmbedder):
         return embeds
 
 
+def _model_class(encoder: Any) -> str:
+    model = getattr(encoder, "model", None)
+    return type(model).__name__ if isinstance(model, torch.nn.Module) else type(encoder).__name__
+
+
+def _state_of(encoder: Any) -> Mapping[str, Any] | None:
+    for get in (getattr(encoder, "get_sd", None), getattr(getattr(encoder, "model", None), "state_dict", None),
+                getattr(encoder, "state_dict", None)):
+        if callable(get):
+            return get()
+    return None
+
+
+def encoder_identity(encoder: Any, kind: str, file: str = "") -> EmbedderIdentity:
+    """The identity of an ``encode_image`` encoder (see ``EncodeImageEmbedder``); without readable weights it is
+    the class and preprocessing only, which cannot tell two encoders of one class apart."""
+    size = getattr(encoder, "image_size", None)
+    preprocess = f"size={size}|mean={getattr(encoder, 'image_mean', None)}|std={getattr(encoder, 'image_std', None)}"
+    architecture = _model_class(encoder) + (f"({size}px)" if size else "")
+    state = _state_of(encoder)
+    if state is None:
+        return EmbedderIdentity(kind, architecture, hashlib.sha256(preprocess.encode()).hexdigest()[:12], file=file)
+    layout, weights = weights_fingerprint(state, preprocess)
+    return EmbedderIdentity(kind, architecture, layout, weights, file)
+
+
 class OpenClipEmbedder(BatchedEmbedder):
     """An open_clip image tower (the text tower is dropped). It is moved to ``device`` for each call and back to
     ``offload_device`` afterwards, so it never holds GPU memory the video model needs."""
 
     def __init__(self, visual: torch.nn.Module, image_size: tuple[int, int], mean=OPENAI_MEAN, std=OPENAI_STD,
                  name: str = "open_clip", device: str | torch.device = "cpu",
-                 offload_device: str | torch.device | None = None, batch_size: int = DEFAULT_BATCH):
+                 offload_device: str | torch.device | None = None, batch_size: int = DEFAULT_BATCH,
+                 architecture: str = "open_clip", file: str = ""):
         super().__init__(batch_size)
         self.visual = visual.eval().requires_grad_(False)
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.name, self.device, self.offload_device = name, torch.device(device), offload_device
+        self.architecture, self.file = architecture, file
+        self._identity: EmbedderIdentity | None = None
+
+    @property
+    def identity(self) -> EmbedderIdentity:
+        if self._identity is None:
+            preprocess = f"size={self.image_size}|mean={self.mean.flatten().tolist()}|std={self.std.flatten().tolist()}"
+            layout, weights = weights_fingerprint(self.visual.state_dict(), preprocess)
+            self._identity = EmbedderIdentity("open_clip", f"{self.architecture}({self.image_size[0]}px)", layout,
+                                              weights, self.file)
+        return self._identity
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         self.visual.to(self.device)
@@ -229,4 +340,5 @@ def load_open_clip(architecture: str, path: str | os.PathLike, device: str | tor
     logger.info("open_clip %s loaded from %s (input %dx%d)", architecture, path, size[0], size[1])
     return OpenClipEmbedder(visual, size, cfg.get("mean", OPENAI_MEAN), cfg.get("std", OPENAI_STD),
                             name=f"open_clip:{architecture}:{os.path.basename(path)}", device=device,
-                            offload_device=offload_device, batch_size=batch_size)
+                            offload_device=offload_device, batch_size=batch_size, architecture=architecture,
+                            file=os.path.basename(path))

@@ -12,7 +12,7 @@ from video_frames import decode
 from memv2v_core.bank.memory_bank import MemoryBank
 from memv2v_core.retrieval.descriptors import (SegmentDescriptor, describe_segment, format_segment_scores, rank_segments,
                                      score_segments, segment_descriptor, select_segments)
-from memv2v_core.retrieval.embedders import ColorHistogramEmbedder
+from memv2v_core.retrieval.embedders import ColorHistogramEmbedder, EncodeImageEmbedder
 from memv2v_core.segments import plan_segments, split_segment
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,72 @@ def test_an_embedder_of_another_size_than_the_stored_descriptors_is_refused(bank
     assert "open_clip:ViT-B-32:x.bin" in message and "clip_vision:Dinov2Model" in message
 
 
+# -- embedder identity ---------------------------------------------------------------------------------------------
+
+class Encoder:
+    """Two encoders with the same output size (4) and different weights: their descriptors live in unrelated spaces."""
+
+    def __init__(self, seed):
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(3, 4)
+        self.image_size = 224
+
+    def encode_image(self, image):
+        return {"image_embeds": self.model(image.mean(dim=(1, 2)))}
+
+
+def _clip(seed):
+    return torch.rand(3, 8, 8, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_descriptor_records_its_embedders_identity_and_size():
+    embedder = EncodeImageEmbedder(Encoder(0))
+    descriptor = describe_segment(embedder, _clip(0), 0, "video-a")
+    assert descriptor.embedder_id == f"{embedder.identity.key}|dim=4"
+    assert descriptor.bank_extra() == {"embedder": "clip_vision:Linear", "embedder_id": descriptor.embedder_id}
+    assert describe_segment(ColorHistogramEmbedder(), _clip(0)).embedder_id.startswith("fallback-colour-histogram|")
+
+
+def test_another_embedder_of_the_same_size_is_refused(bank):
+    first, other = EncodeImageEmbedder(Encoder(0)), EncodeImageEmbedder(Encoder(1))
+    stored = describe_segment(first, _clip(0), 0, "video-a")
+    entry = add_segment(bank, 0, stored.vector, extra=stored.bank_extra())
+    query = describe_segment(other, _clip(1), 1, "video-a")
+    assert query.dim == stored.dim and query.embedder == stored.embedder  # same size, same class name
+    with pytest.raises(ValueError) as error:
+        select_segments(bank, "video-a", 1, query)
+    message = str(error.value)
+    assert message.startswith("embedder:") and f"segment 0 (entry {entry})" in message
+    assert query.embedder_id in message and stored.embedder_id in message
+    assert "other weights" in message and "Connect the embedder the earlier segments were described with" in message
+    # The same embedder is accepted, with no note about identities.
+    result = select_segments(bank, "video-a", 1, describe_segment(first, _clip(1), 1, "video-a"))
+    assert result.selection.entry_ids == [entry] and not any("identity" in note for note in result.notes)
+    # score_segments applies the same rule to descriptors passed directly.
+    with pytest.raises(ValueError, match="other weights"):
+        score_segments(query, [("e0", 0, stored)], 1)
+
+
+def test_another_kind_of_embedder_of_the_same_size_is_refused(bank):
+    fallback = describe_segment(ColorHistogramEmbedder(), _clip(0), 0, "video-a")
+    add_segment(bank, 0, fallback.vector, extra=fallback.bank_extra())
+    same_size = SegmentDescriptor(torch.rand(fallback.dim), "clip_vision:Dinov2Model", 1, "video-a",
+                                  embedder_id=f"clip_vision|Dinov2Model(518px)|dim={fallback.dim}")
+    with pytest.raises(ValueError, match="another kind of model"):
+        select_segments(bank, "video-a", 1, same_size)
+
+
+def test_descriptors_stored_without_identity_are_compared_by_size_with_a_note(bank):
+    """Banks written before identities were recorded stay usable: the extra holds only the embedder's name."""
+    old = add_segment(bank, 0, unit(1, 0, 0, 0), extra={"embedder": "clip_vision:Linear"})
+    query = describe_segment(EncodeImageEmbedder(Encoder(0)), _clip(0), 1, "video-a")
+    result = select_segments(bank, "video-a", 1, query)
+    assert result.selection.entry_ids == [old]
+    assert any("1 stored descriptors carry no embedder identity" in note for note in result.notes)
+    with pytest.raises(ValueError, match="4-value descriptors"):  # sizes are still checked
+        select_segments(bank, "video-a", 1, describe_segment(ColorHistogramEmbedder(), _clip(0), 1, "video-a"))
+
+
 def test_a_missing_previous_segment_is_noted(bank):
     add_segment(bank, 0, unit(1, 0))
     result = select_segments(bank, "video-a", 2, unit(1, 0))
@@ -162,7 +228,7 @@ def test_the_segment_of_the_same_scene_ranks_right_after_the_previous_one(shared
     embedder = ColorHistogramEmbedder()
     descriptors = [describe_segment(embedder, split_segment(video, i, 33, 0).frames, i, "returning")
                    for i in range(len(plan))]
-    ids = [add_segment(bank, i, d.vector, source_id="returning", extra={"embedder": d.embedder})
+    ids = [add_segment(bank, i, d.vector, source_id="returning", extra=d.bank_extra())
            for i, d in enumerate(descriptors[:4])]
 
     result = select_segments(bank, "returning", 4, descriptors[4], top_k=4)

@@ -12,7 +12,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from memv2v_core.retrieval.descriptors import describe_segment  # noqa: E402
 from memv2v_core.retrieval.embedders import (ColorHistogramEmbedder, EncodeImageEmbedder, FrameEmbedder,  # noqa: E402
-                                   load_open_clip, open_clip_architectures, resize_and_crop)
+                                   load_open_clip, open_clip_architectures, resize_and_crop, weights_fingerprint)
 
 TINY = "MemV2V-Test-Tiny"
 TINY_WIDE = "MemV2V-Test-Tiny-Wide"
@@ -102,6 +102,57 @@ def test_encode_image_embedder_batches_frames_and_returns_image_embeds():
     assert torch.allclose(out, clip.mean(dim=(1, 2)) * 2.0)
 
 
+class TinyEncoder:
+    """An encode_image encoder with real weights, laid out like ComfyUI's ClipVisionModel (``model``, ``image_size``,
+    ``image_mean``, ``image_std``), so its identity comes from its weights."""
+
+    def __init__(self, seed, dtype=torch.float32, image_size=224):
+        torch.manual_seed(seed)
+        self.model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.LayerNorm(16)).to(dtype)
+        self.image_size, self.image_mean, self.image_std = image_size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+    def encode_image(self, image):
+        weight = self.model[0].weight
+        return {"image_embeds": self.model(image.mean(dim=(1, 2)).to(weight.dtype)).float()}
+
+
+def test_the_fallback_is_labelled_as_such_in_its_name_and_identity():
+    embedder = ColorHistogramEmbedder()
+    assert embedder.name.startswith("fallback:") and embedder.identity.kind == "fallback-colour-histogram"
+    assert embedder.identity.key == ColorHistogramEmbedder(batch_size=4).identity.key  # batching changes nothing
+    assert embedder.identity.key != ColorHistogramEmbedder(bins=4).identity.key
+
+
+def test_encoder_identity_tells_two_encoders_of_one_size_apart_but_not_precisions():
+    first, other = EncodeImageEmbedder(TinyEncoder(0)), EncodeImageEmbedder(TinyEncoder(1))
+    clip = frames(2, 16, 16)
+    assert first.embed_frames(clip).shape == other.embed_frames(clip).shape == (2, 16)
+    assert first.identity.architecture == other.identity.architecture == "Sequential(224px)"
+    assert first.identity.layout == other.identity.layout
+    assert first.identity.weights != other.identity.weights and first.identity.key != other.identity.key
+    # A file loaded in float16 (ComfyUI on a GPU) or float32 (--fp32-text-enc) keeps its identity: from a float32
+    # file, and from a bfloat16 file in any of the three precisions.
+    assert EncodeImageEmbedder(TinyEncoder(0, torch.float16)).identity.key == first.identity.key
+    bf16_file = [EncodeImageEmbedder(TinyEncoder(0, torch.bfloat16)) for _ in range(3)]
+    for embedder, dtype in zip(bf16_file, (torch.float32, torch.float16, torch.bfloat16)):
+        embedder.encoder.model.to(dtype)
+    assert len({e.identity.key for e in bf16_file}) == 1
+    # Another input size or normalisation is another embedder, even with the same weights.
+    assert EncodeImageEmbedder(TinyEncoder(0, image_size=518)).identity.key != first.identity.key
+    assert first.name == "clip_vision:Sequential"
+
+
+def test_weights_fingerprint_samples_every_tensor_exactly():
+    state = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.zeros(3, 4)}
+    layout, weights = weights_fingerprint(state)
+    changed = dict(state, a=state["a"].clone())
+    changed["a"][999] += 1  # the last value is always sampled
+    assert weights_fingerprint(changed) == (layout, weights_fingerprint(changed)[1])
+    assert weights_fingerprint(changed)[1] != weights
+    assert weights_fingerprint(dict(state, b=torch.zeros(4, 3)))[0] != layout  # same values, other shape
+    assert weights_fingerprint(state, extra="size=518")[0] != layout
+
+
 def test_encode_image_embedder_refuses_objects_without_encode_image():
     with pytest.raises(ValueError, match="clip_vision: object has no encode_image"):
         EncodeImageEmbedder(object())
@@ -154,6 +205,22 @@ def test_open_clip_loads_the_local_file_and_embeds_frames(tiny_weights, file_nam
     descriptor = describe_segment(embedder, clip, 2, "video-a")
     assert descriptor.vector.shape == (24,) and descriptor.dim == 24 and descriptor.frames == 3
     assert descriptor.vector.norm() <= 1.0 + 1e-6  # a mean of unit vectors
+
+
+def test_open_clip_identity_follows_the_weights_not_the_file_name(open_clip, tiny_weights, tmp_path):
+    folder, _ = tiny_weights
+    first = load_open_clip(TINY, folder / "tiny.safetensors")
+    assert first.identity.kind == "open_clip" and first.identity.file == "tiny.safetensors"
+    assert first.identity.architecture == f"{TINY}(32px)"
+    renamed = tmp_path / "renamed.safetensors"
+    renamed.write_bytes((folder / "tiny.safetensors").read_bytes())
+    assert load_open_clip(TINY, renamed).identity.key == first.identity.key  # a renamed copy: same embedder
+    torch.manual_seed(1)
+    reseeded = {k: v.contiguous() for k, v in open_clip.create_model(TINY, pretrained=None).state_dict().items()}
+    save_file(reseeded, str(tmp_path / "tiny.safetensors"))  # same name and architecture, other weights
+    other = load_open_clip(TINY, tmp_path / "tiny.safetensors")
+    assert other.embed_frames(frames(1)).shape == first.embed_frames(frames(1)).shape
+    assert other.identity.key != first.identity.key and other.identity.layout == first.identity.layout
 
 
 def test_open_clip_refuses_a_missing_file_an_unknown_or_mismatched_architecture(tiny_weights, tmp_path):

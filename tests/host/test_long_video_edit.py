@@ -1,8 +1,10 @@
 """Long text-guided video editing through the real server: the shipped workflow (converted from its UI file) edits a
 real 150-frame video segment by segment with a tiny LucyEdit-shaped Wan 2.2 DiT (96 in = 48 noisy + 48 source,
-48 out) and the real Wan 2.2 VAE class (random weights), one queue run per segment; plus the editing nodes' errors.
+48 out), the real Wan 2.2 VAE class (random weights) and a tiny DINOv2-layout clip vision model (ComfyUI's own
+Dinov2Model and ClipVisionModel), one queue run per segment; plus the editing nodes' errors.
 
-Test adaptations of the shipped graph: tiny models, demo conditioning instead of umt5, 32x32 pixels (a 2x2 latent,
+Test adaptations of the shipped graph: tiny models, demo conditioning instead of umt5, the demo clip vision loader
+instead of Load CLIP Vision (which builds only full-size DINOv2), 32x32 pixels (a 2x2 latent,
 so every memory kernel is 1x2x2), 33-frame segments with overlap 8, 2 steps; the index is set per run, as the
 frontend's "increment" control does. The stitch branch runs on the first and last runs only (the Wan 2.2 VAE
 decodes a 33-frame segment in ~10 s on CPU).
@@ -36,13 +38,19 @@ STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
 
 @pytest.fixture(scope="module")
 def edit_models(host) -> dict[str, str]:
-    """The tiny LucyEdit-shaped DiT and the random Wan 2.2 VAE, cached beside the other test assets."""
-    assets = demo_setup.build_assets("demo.models", host.server.comfyui, Path(host.assets["dit"]).parent,
-                                     "--with", "lucy_dit", "--with", "wan22_vae")
+    """The tiny LucyEdit-shaped DiT, the random Wan 2.2 VAE and two tiny DINOv2 files of the same layout (other
+    seeds), cached beside the other test assets."""
+    cache = Path(host.assets["dit"]).parent
+    assets = demo_setup.build_assets("demo.models", host.server.comfyui, cache, "--with", "lucy_dit",
+                                     "--with", "wan22_vae")
+    assets.update(demo_setup.build_assets("demo.clip_vision", host.server.comfyui, cache))
     host.server.add_model("diffusion_models", Path(assets["lucy_dit"]))
     host.server.add_model("vae", Path(assets["wan22_vae"]))
+    for kind in ("dinov2", "dinov2_other"):
+        host.server.add_model("clip_vision", Path(assets[kind]))
     return {"dit": Path(assets["lucy_dit"]).name, "vae": Path(assets["wan22_vae"]).name,
-            "wan21_dit": Path(assets["dit"]).name}
+            "wan21_dit": Path(assets["dit"]).name, "dinov2": Path(assets["dinov2"]).name,
+            "dinov2_other": Path(assets["dinov2_other"]).name}
 
 
 def _one(prompt: dict, class_type: str) -> str:
@@ -57,6 +65,8 @@ def adapt_for_test(prompt: dict, models: dict[str, str], bank: str) -> dict:
     prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] = models["dit"]
     prompt[_one(prompt, "VAELoader")]["inputs"]["vae_name"] = models["vae"]
     prompt[_one(prompt, "LoadVideo")]["inputs"]["file"] = VIDEO
+    prompt[_one(prompt, "CLIPVisionLoader")].update(class_type="MemV2VDemo_CLIPVisionLoader",
+                                                    inputs={"clip_name": models["dinov2"]})
     del prompt[_one(prompt, "CLIPLoader")]
     for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
         prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
@@ -101,6 +111,43 @@ def edited(host, edit_models, shared_data):
 def test_shipped_workflow_saves_the_index_as_increment(edited):
     split = next(n for n in edited["ui"]["nodes"] if n["type"] == "MemV2V_SplitSegments")
     assert "increment" in split["widgets_values"]
+
+
+def test_shipped_workflow_describes_segments_with_clip_vision(host, edited):
+    """The default descriptor is ComfyUI's CLIP Vision (DINOv2), not the colour-histogram fallback."""
+    prompt = graph.ui_to_api(edited["ui"], host.object_info)
+    retrieve = prompt[_one(prompt, "MemV2V_SegmentRetrieve")]["inputs"]
+    assert retrieve["clip_vision"][0] == _one(prompt, "CLIPVisionLoader") and "embedder" not in retrieve
+    assert not graph.find_nodes(prompt, "MemV2V_EmbedderLoad")
+    assert "dinov2" in prompt[_one(prompt, "CLIPVisionLoader")]["inputs"]["clip_name"]
+    assert prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] == "lucy-edit-dev-cui-fp16.safetensors"
+
+
+def test_the_bank_records_the_clip_vision_encoders_identity(host, edited, edit_models):
+    bank = MemoryBank.open(host.output_path(f"memory_banks/{BANK}"))
+    extras = [bank.entry(i).extra for i in bank.ids()]
+    assert {e["embedder"] for e in extras} == {f"clip_vision:Dinov2Model:{edit_models['dinov2']}"}  # with the file
+    identities = {e["embedder_id"] for e in extras}
+    assert len(identities) == 1  # one encoder for the whole video
+    identity = identities.pop()
+    assert identity.startswith("clip_vision|Dinov2Model(518px)|layout=") and "|weights=" in identity
+    assert identity.endswith("|dim=32")  # the tiny model's width
+    retrieve = _one(graph.ui_to_api(edited["ui"], host.object_info), "MemV2V_SegmentRetrieve")
+    assert identity in _ui_text(edited["runs"][-1], retrieve)
+
+
+def test_another_clip_vision_model_of_the_same_size_is_refused(host, edited, edit_models):
+    """Segment 1 of the edited video again, described by the other tiny DINOv2 file (same layout, other weights)."""
+    bank = MemoryBank.open(host.output_path(f"memory_banks/{BANK}"))
+    source_id = bank.entry(bank.ids()[0]).source_id
+    other = {"class_type": "MemV2VDemo_CLIPVisionLoader", "inputs": {"clip_name": edit_models["dinov2_other"]}}
+    prompt = _scores_only(_retrieve_prompt(BANK, source_id, 1, other))
+    message = _error_of(host, prompt)
+    for part in ("clip_vision: clip_vision:Dinov2Model", "the same architecture with other weights",
+                 "even of the same size", "Connect the embedder the earlier segments were described with"):
+        assert part in message, message
+    prompt["enc"]["inputs"]["clip_name"] = edit_models["dinov2"]  # the file the bank was made with: accepted
+    host.run(prompt)
 
 
 def test_every_queue_run_edits_one_segment_into_the_bank(host, edited):
@@ -189,8 +236,13 @@ def test_segment_errors(host, frames, length, overlap, expected):
         assert part in message, message
 
 
-def _retrieve_prompt(bank: str, source_id: str, index: int) -> dict:
-    return {
+FALLBACK = {"class_type": "MemV2V_EmbedderLoad", "inputs": {
+    "file": "(fallback) colour histogram - no weights, not an image encoder", "architecture": "ViT-B-32"}}
+
+
+def _retrieve_prompt(bank: str, source_id: str, index: int, encoder: dict | None = FALLBACK) -> dict:
+    """Segment Retrieve on a flat segment; ``encoder``: an Embedder Load or a CLIP Vision loader node (or None)."""
+    prompt = {
         "img": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 9, "color": 7}},
         "bank": {"class_type": "MemV2V_BankLoad", "inputs": {"name": bank}},
         "ret": {"class_type": "MemV2V_SegmentRetrieve", "inputs": {
@@ -201,6 +253,18 @@ def _retrieve_prompt(bank: str, source_id: str, index: int) -> dict:
             "coarse_kernel": "1x2x2", "reverse_memory": True, "story_gap": 5.0, "target_frames": 3}},
         "show": {"class_type": "PreviewAny", "inputs": {"source": ["tok", 1]}},
     }
+    if encoder is not None:
+        prompt["enc"] = copy.deepcopy(encoder)
+        socket = "embedder" if encoder["class_type"] == "MemV2V_EmbedderLoad" else "clip_vision"
+        prompt["ret"]["inputs"][socket] = ["enc", 0]
+    return prompt
+
+
+def _scores_only(prompt: dict) -> dict:
+    """Retrieval alone: its score table is the output (no tokenization)."""
+    prompt = {k: v for k, v in prompt.items() if k != "tok"}
+    prompt["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["ret", 2]}}
+    return prompt
 
 
 def _bank_with_segment(host, name: str, source_id: str, descriptor_size: int) -> None:
@@ -221,6 +285,21 @@ def test_embedder_of_another_size_is_refused(host):
     message = _error_of(host, _retrieve_prompt("edit_test_other_embedder", "clip-a", 1))
     for part in ("embedder:", "7-value", "Connect the embedder the earlier segments were described with"):
         assert part in message, message
+
+
+def test_segment_retrieve_needs_an_encoder_and_the_fallback_is_explicit(host):
+    """Neither input connected: refused (the histogram is never picked silently). The fallback, chosen by its
+    current name or the name older workflows saved, says what it is."""
+    message = _error_of(host, _retrieve_prompt("edit_test_no_encoder", "clip-a", 0, encoder=None))
+    for part in ("embedder / clip_vision: neither is connected", "Load CLIP Vision", "(fallback) colour histogram"):
+        assert part in message, message
+    legacy = copy.deepcopy(FALLBACK)
+    legacy["inputs"]["file"] = "(built-in colour histogram, no weights)"
+    for encoder in (FALLBACK, legacy):
+        run = host.run(_scores_only(_retrieve_prompt("edit_test_no_encoder", "clip-a", 0, encoder)))
+        texts = [data["output"]["text"][0] for kind, data in run.messages
+                 if kind == "executed" and data.get("node") == "enc" and data.get("output")]
+        assert texts and texts[0].startswith("fallback:colour-histogram") and "not an image encoder" in texts[0]
 
 
 def _conditioning_prompt(models: dict[str, str], frames: int, size: int, unet: str | None = None) -> dict:

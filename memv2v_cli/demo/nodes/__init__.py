@@ -1,10 +1,14 @@
 """Demo/test companion pack: installed only by the headless runner's demo mode and by the host tests, never by users.
 
-It gives conditioning without a text encoder (Wan's umt5-xxl has no small variant) and a validate-only route,
-so a whole workflow can be checked and run on a CPU with tiny random models.
+It gives conditioning without a text encoder (Wan's umt5-xxl has no small variant), a loader for tiny clip vision
+models (ComfyUI's loader knows only full-size DINOv2), and a validate-only route, so a whole workflow can be checked
+and run on a CPU with tiny random models.
 """
 
 import hashlib
+import json
+import os
+import tempfile
 
 import torch
 from aiohttp import web
@@ -41,6 +45,49 @@ class DemoTextConditioning(io.ComfyNode):
         return io.NodeOutput([[embedding, {}]])
 
 
+class DemoCLIPVisionLoader(io.ComfyNode):
+    """Stands in for CLIPVisionLoader with the tiny DINOv2-layout files of memv2v_cli/demo/clip_vision.py."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import folder_paths
+
+        return io.Schema(
+            node_id="MemV2VDemo_CLIPVisionLoader",
+            display_name="Memory-V2V Demo Load CLIP Vision (tiny models)",
+            category="MemoryV2V/demo",
+            description="Builds ComfyUI's own ClipVisionModel from a tiny file that carries its config in its "
+                        "metadata (ComfyUI's Load CLIP Vision knows only full-size DINOv2). Demo runs and tests only.",
+            inputs=[io.Combo.Input("clip_name", options=folder_paths.get_filename_list("clip_vision"),
+                                   tooltip="A tiny clip vision file from memv2v_cli.demo.clip_vision, in "
+                                           "models/clip_vision.")],
+            outputs=[io.ClipVision.Output(tooltip="ComfyUI's ClipVisionModel, as Load CLIP Vision returns it.")],
+        )
+
+    @classmethod
+    def execute(cls, clip_name: str) -> io.NodeOutput:
+        import comfy.clip_vision
+        import comfy.utils
+        import folder_paths
+
+        path = folder_paths.get_full_path_or_raise("clip_vision", clip_name)
+        state, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+        config = (metadata or {}).get("memv2v.clip_vision_config")
+        if config is None:
+            raise ValueError(f"clip_name: {clip_name} holds no memv2v.clip_vision_config; load real models with "
+                             "ComfyUI's Load CLIP Vision")
+        with tempfile.TemporaryDirectory() as folder:  # ClipVisionModel reads its config from a JSON file
+            config_path = os.path.join(folder, "config.json")
+            with open(config_path, "w") as handle:
+                json.dump(json.loads(config), handle)
+            clip = comfy.clip_vision.ClipVisionModel(config_path)
+        missing, unexpected = clip.load_sd(state)
+        if missing or unexpected:
+            raise ValueError(f"clip_name: {clip_name} does not match its config (missing {missing}, unexpected "
+                             f"{unexpected})")
+        return io.NodeOutput(clip)
+
+
 @PromptServer.instance.routes.post("/memv2v_demo/validate")
 async def validate_only(request: web.Request) -> web.Response:
     """``/prompt``'s own validation, without queueing anything."""
@@ -51,7 +98,7 @@ async def validate_only(request: web.Request) -> web.Response:
 
 class DemoExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DemoTextConditioning]
+        return [DemoTextConditioning, DemoCLIPVisionLoader]
 
 
 async def comfy_entrypoint() -> DemoExtension:
