@@ -233,7 +233,7 @@ CAMERA_INPUT = Camera.Input("camera", optional=True,
                                     "encoders: every video then gets its own camera embedding (target, user video as "
                                     "'user_camera' says, each memory its stored trajectory).")
 USER_CAMERA_INPUTS = [
-    io.Combo.Input("user_camera", options=list(USER_CAMERAS), default="target",
+    io.Combo.Input("user_camera", options=list(USER_CAMERAS), default="target", optional=True,  # older prompts lack it
                    tooltip="The user (source) video's camera embedding when camera modules are loaded. target: "
                            "frame j gets the target's camera j, as ReCamMaster was trained (the user video must have "
                            "the target's frame count). identity: every frame at the target's first camera. own "

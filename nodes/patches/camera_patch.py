@@ -132,8 +132,9 @@ def check_camera_inputs(modules: Any, camera: Any, context: MemoryContext, user_
         )
     if user_trajectory is not None and not has_camera_modules:
         raise ValueError(
-            "user_trajectory is connected, but no camera modules are loaded, so it would be ignored; connect Memory-V2V "
-            "Load Modules with a ReCamMaster / Memory-V2V checkpoint to 'modules', or disconnect 'user_trajectory'."
+            "user_trajectory is connected, but no camera modules are loaded, so it would be ignored; connect "
+            "Memory-V2V Load Modules with a ReCamMaster / Memory-V2V checkpoint to 'modules', or disconnect "
+            "'user_trajectory'."
         )
     if has_camera_modules and context.mode != "nvs":
         raise ValueError(f"camera: camera conditioning is for novel view synthesis, but the context's mode is "
