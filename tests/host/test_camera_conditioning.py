@@ -60,6 +60,7 @@ def test_in_context_tokens_of_newer_comfyui_get_no_camera_embedding(camera):
     assert camera["in_context_output_finite"]
     message = camera["in_context_undeclared_error"]  # tokens the call does not declare: refused, not misread
     assert message is not None and "0 in-context" in message and "changed the token sequence" in message
+    assert "does not support a reference_latent" in (camera["reference_latent_error"] or "")
 
 
 @pytest.fixture(scope="module")

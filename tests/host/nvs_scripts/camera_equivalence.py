@@ -96,7 +96,14 @@ def in_context_tokens(model, modules, ctx, target, x, t, text, frames, size) -> 
             result["in_context_undeclared_error"] = None
         except RuntimeError as error:
             result["in_context_undeclared_error"] = str(error)
+        dm.ref_conv = torch.nn.Identity()  # a Wan Fun reference model puts reference tokens before the video
+        try:
+            call(False, reference_latent=torch.zeros(1, 16, size, size))
+            result["reference_latent_error"] = None
+        except ValueError as error:
+            result["reference_latent_error"] = str(error)
     finally:
+        dm.ref_conv = None
         hook.remove()
         del dm.rope_encode
         camera_patch.CameraSelfAttention.camera_embedding = original
