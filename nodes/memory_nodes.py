@@ -9,6 +9,7 @@ import comfy.samplers
 import nodes as comfy_nodes
 from comfy_api.latest import io
 
+from ..memv2v_core.memory.camera_rows import USER_CAMERAS
 from ..memv2v_core.memory.context import MemoryContext, TokenBudget, build_context, context_layout, token_budget
 from ..memv2v_core.memory.positions import DEFAULT_STORY_GAP, MODES
 from ..memv2v_core.memory.stream import PAPER_MERGE_BLOCKS
@@ -152,14 +153,19 @@ class DynamicTokenize(io.ComfyNode):
         return io.NodeOutput(context, text, ui={"text": [text]})
 
 
-def _apply_summary(context: MemoryContext, merge, modules=None, camera=None) -> str:
+USER_CAMERA_TEXT = {"target": "the target's camera per frame (ReCamMaster)", "identity": "the identity pose",
+                    "own trajectory": "its own trajectory"}
+
+
+def _apply_summary(context: MemoryContext, merge, modules=None, camera=None, user_camera: str = "target") -> str:
     tokens = context_layout(context).num_tokens
     merging = ("merging off" if merge is None else
                f"{merge.mode} {merge.ratio:.0%} of memory frames ({merge.factor}x{merge.factor}) at the input of "
                f"blocks {','.join(map(str, merge.blocks)) or 'none'}")
     text = f"memory: {len(context.streams)} streams, {tokens:,} tokens; {merging}"
     if camera is not None and getattr(modules, "camera", None):
-        text += f"\ncamera: {camera.name or 'target'} on {len(modules.camera)} block(s), one trajectory per video"
+        text += (f"\ncamera: {camera.name or 'target'} on {len(modules.camera)} block(s); user video: "
+                 f"{USER_CAMERA_TEXT.get(user_camera, user_camera)}; each memory its own trajectory")
     return text
 
 
@@ -184,8 +190,9 @@ def _log_call(call: MemoryCall) -> None:
 
 
 def patch_model(model, context, merge_blocks: str, merge_ratio: float, merge_mode: str, modules=None, observer=None,
-                camera=None):
-    """Validate and apply ``context`` (and, with camera modules, the target ``camera``) to ``model``.
+                camera=None, user_camera: str = "target", user_trajectory=None):
+    """Validate and apply ``context`` (and, with camera modules, the target ``camera`` and the user video's camera
+    ``user_camera`` / ``user_trajectory``) to ``model``.
 
     Shared by Apply Memory and the Merged DiT Sampler; every check runs before the model is patched.
     """
@@ -193,12 +200,12 @@ def patch_model(model, context, merge_blocks: str, merge_ratio: float, merge_mod
     learned = learned_weights(modules, int(dm.dim))
     if not isinstance(context, MemoryContext):
         raise ValueError(f"context is a {type(context).__name__}; connect Memory-V2V Dynamic Tokenize's context.")
-    with_camera = check_camera_inputs(modules, camera, context)
+    with_camera = check_camera_inputs(modules, camera, context, user_camera, user_trajectory)
     merge = merge_settings(len(dm.blocks), context.memory_count, merge_blocks, merge_ratio, merge_mode,
                            None if learned is None else learned.merge_operator)
     patched = apply_memory(model, context, merge, learned, observer)
     if with_camera:
-        patched = apply_camera(patched, modules, camera, context)
+        patched = apply_camera(patched, modules, camera, context, user_camera, user_trajectory)
     return patched, merge
 
 
@@ -220,10 +227,23 @@ MODULES_INPUT = Modules.Input("modules", optional=True,
                                       "patch embedding. Camera modules turn camera conditioning on (then 'camera' "
                                       "is required).")
 CAMERA_INPUT = Camera.Input("camera", optional=True,
-                            tooltip="The target camera trajectory (Memory-V2V Camera Preset / Camera Load), at least "
-                                    "as long as the video. Required when 'modules' hold camera encoders: every "
-                                    "video then gets its own camera embedding (target, user video at the identity "
-                                    "pose, each memory its stored trajectory).")
+                            tooltip="The target camera trajectory (Memory-V2V Camera Preset / Camera Load): one pose "
+                                    "per video frame (longer is cut) or one per latent frame (ReCamMaster's "
+                                    "camera_extrinsics.json: 21 for 81 frames). Required when 'modules' hold camera "
+                                    "encoders: every video then gets its own camera embedding (target, user video as "
+                                    "'user_camera' says, each memory its stored trajectory).")
+USER_CAMERA_INPUTS = [
+    io.Combo.Input("user_camera", options=list(USER_CAMERAS), default="target", optional=True,  # older prompts lack it
+                   tooltip="The user (source) video's camera embedding when camera modules are loaded. target: "
+                           "frame j gets the target's camera j, as ReCamMaster was trained (the user video must have "
+                           "the target's frame count). identity: every frame at the target's first camera. own "
+                           "trajectory: the user video's known poses from 'user_trajectory', relative to the "
+                           "target's first camera like a memory. Memories always keep their stored trajectories."),
+    Camera.Input("user_trajectory", optional=True,
+                 tooltip="Only with user_camera 'own trajectory': the user video's own camera trajectory (e.g. "
+                         "Memory-V2V Camera Load), in the same world as the target (both starting at the user "
+                         "video's first camera)."),
+]
 
 
 class ApplyMemory(io.ComfyNode):
@@ -246,16 +266,17 @@ class ApplyMemory(io.ComfyNode):
                 *MERGE_INPUTS,
                 MODULES_INPUT,
                 CAMERA_INPUT,
+                *USER_CAMERA_INPUTS,
             ],
             outputs=[io.Model.Output(tooltip="The model with memory; connect it to any sampler.")],
         )
 
     @classmethod
     def execute(cls, model, context, merge_blocks: str, merge_ratio: float, merge_mode: str,
-                modules=None, camera=None) -> io.NodeOutput:
+                modules=None, camera=None, user_camera: str = "target", user_trajectory=None) -> io.NodeOutput:
         patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, _log_call,
-                                     camera)
-        summary = _apply_summary(context, merge, modules, camera)
+                                     camera, user_camera, user_trajectory)
+        summary = _apply_summary(context, merge, modules, camera, user_camera)
         return io.NodeOutput(patched, ui={"text": [summary]})
 
 
@@ -289,6 +310,7 @@ class MergedDiTSampler(io.ComfyNode):
                 *MERGE_INPUTS,
                 MODULES_INPUT,
                 CAMERA_INPUT,
+                *USER_CAMERA_INPUTS,
             ],
             outputs=[io.Latent.Output(tooltip="The sampled latent.")],
         )
@@ -296,17 +318,19 @@ class MergedDiTSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, context, seed: int, steps: int, cfg: float,
                 sampler_name: str, scheduler: str, denoise: float, merge_blocks: str, merge_ratio: float,
-                merge_mode: str, modules=None, camera=None) -> io.NodeOutput:
+                merge_mode: str, modules=None, camera=None, user_camera: str = "target",
+                user_trajectory=None) -> io.NodeOutput:
         calls: list[str] = []  # summaries only: a call's state holds device tensors
 
         def observe(call: MemoryCall) -> None:
             _log_call(call)
             calls.append(_describe_call(call))
 
-        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, observe, camera)
+        patched, merge = patch_model(model, context, merge_blocks, merge_ratio, merge_mode, modules, observe, camera,
+                                     user_camera, user_trajectory)
         (out,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                              latent_image, denoise=denoise)
-        lines = [_apply_summary(context, merge, modules, camera), f"{len(calls)} model calls with memory"]
+        lines = [_apply_summary(context, merge, modules, camera, user_camera), f"{len(calls)} model calls with memory"]
         if calls:
             lines.append("last " + calls[-1])
         text = "\n".join(lines)

@@ -2,6 +2,8 @@
 
 ReCamMaster's own setting: 81 frames at 832x480, its Wan2.1-T2V-1.3B port ``step20000.ckpt`` in
 ``models/diffusion_models`` (the same file feeds Load Diffusion Model and Load Modules), 50 Euler steps, CFG 5, shift 5.
+Camera convention: ReCamMaster's -- the source video's frame j gets the target's camera j (Apply Memory
+``user_camera = target``); each memory its own stored trajectory (Memory-V2V).
 Node titles are how ``python -m memv2v_cli run --set "TITLE.input=..."`` finds nodes; keep them stable.
 """
 
@@ -41,7 +43,7 @@ def _output_nodes(model: list, context: list) -> dict:
     """Apply Memory (camera on), sampler, decode and save (nodes 17-21)."""
     return {
         "17": node("MemV2V_ApplyMemory", "Apply Memory", model=model, context=context, merge_blocks="auto",
-                   merge_ratio=0.5, merge_mode="merge", modules=["4", 0], camera=["13", 0]),
+                   merge_ratio=0.5, merge_mode="merge", modules=["4", 0], camera=["13", 0], user_camera="target"),
         "18": node("KSampler", "Sampler", model=["17", 0], positive=["10", 0], negative=["11", 0],
                    latent_image=["9", 0], seed=42, steps=50, cfg=5.0, sampler_name="euler", scheduler="simple",
                    denoise=1.0),
@@ -59,9 +61,16 @@ MODELS_NOTE = Note(
     column=0, title="Models", height=170)
 SIZE_NOTE = Note(
     "ReCamMaster was trained on **81 frames at 832x480**. **Trim Frames** keeps 81 frames, **Resize** sets the size "
-    "(a multiple of 16 px), and the **Camera Preset**'s `frames` must be at least the video's frame count. The "
-    "sampler starts from pure noise (denoise 1.0); the encoded source only sets the output's size and length.",
-    column=2, title="Size and length", height=190)
+    "(a multiple of 16 px), and the **Camera Preset**'s `frames` must be at least the video's frame count. A "
+    "camera file works too: swap the preset for **Memory-V2V Camera Load** (ReCamMaster's `camera_extrinsics.json` "
+    "gives 21 poses, one per latent frame of 81 frames). The sampler starts from pure noise (denoise 1.0); the "
+    "encoded source only sets the output's size and length.",
+    column=2, title="Size and length", height=230)
+CAMERA_NOTE = Note(
+    "Camera convention: ReCamMaster's. **Apply Memory**'s `user_camera` is `target`: the source video's frame j gets "
+    "the target's camera j, exactly as ReCamMaster was trained (`identity` puts every source frame at the first "
+    "camera; `own trajectory` uses the source's known poses from `user_trajectory`).",
+    column=5, title="Camera convention", height=170)
 
 
 def multiturn_nvs() -> WorkflowSpec:
@@ -89,10 +98,11 @@ def multiturn_nvs() -> WorkflowSpec:
         MODELS_NOTE,
         SIZE_NOTE,
         Note("Turn 1 retrieves nothing (the bank is empty) and is plain ReCamMaster. **Apply Memory** adds the "
-             "camera of every video (target, source at the identity pose, each memory its own trajectory) and "
-             "merges the least responsive memory frames at blocks 10 and 20. **Remember This Turn** stores the "
-             "latent with its camera, prompt, seed and the memories it used.",
+             "camera of every video (target; source with the target's camera per frame, as ReCamMaster; each "
+             "memory its own stored trajectory) and merges the least responsive memory frames at blocks 10 and 20. "
+             "**Remember This Turn** stores the latent with its camera, prompt, seed and the memories it used.",
              column=5, title="What happens", height=210),
+        CAMERA_NOTE,
     ]
     groups = {"Models": ["1", "2", "3", "4", "12"], "Source video": ["5", "6", "7", "8", "9"],
               "Memory": ["14", "15", "16", "22"], "Render": ["13", "17", "18", "19", "20", "21"]}
@@ -114,6 +124,7 @@ def recammaster_no_memory() -> WorkflowSpec:
              column=0, title="How to use (read me)", height=200),
         MODELS_NOTE,
         SIZE_NOTE,
+        CAMERA_NOTE,
     ]
     groups = {"Models": ["1", "2", "3", "4", "12"], "Source video": ["5", "6", "7", "8", "9"],
               "Render": ["13", "16", "17", "18", "19", "20", "21"]}

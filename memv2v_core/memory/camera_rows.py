@@ -1,9 +1,10 @@
 """Camera rows for ReCamMaster-style conditioning, one trajectory per video (Memory-V2V), host-independent.
 
 Each video in the sequence gets its own 12-number camera input per latent frame (the top 3x4 of its camera-to-world
-pose, row-major): the target relative to its own first camera, the user video at the identity pose (it is the target's
-first camera), each memory its stored trajectory relative to the target's first camera. The nodes add
-``cam_encoder(rows)`` to the self-attention input of every block that has camera modules.
+pose, row-major): the target relative to its own first camera; the user (source) video by ``user_camera``, by default
+the target's rows frame by frame as ReCamMaster does (its ``cam_emb.repeat(1, 2, 1)`` over [target, source]); each
+memory its stored trajectory relative to the target's first camera. The nodes add ``cam_encoder(rows)`` to the
+self-attention input of every block that has camera modules.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from ..camera.trajectory import TEMPORAL_STRIDE, Trajectory, recammaster_embeddi
 from .context import MemoryContext
 
 CAMERA_INPUT = 12
-# The identity pose's top 3x4, row-major: the user video's camera (it is the target's first camera).
+# The identity pose's top 3x4, row-major: the target's first camera.
 IDENTITY_ROW = torch.eye(4)[:3].reshape(CAMERA_INPUT)
+# The user video's camera: the target's rows (ReCamMaster), the identity pose, or the user video's own trajectory.
+USER_CAMERAS = ("target", "identity", "own trajectory")
 
 
 def video_frames(latent_frames: int, stride: int = TEMPORAL_STRIDE) -> int:
@@ -45,28 +48,91 @@ def check_grid(context: MemoryContext, patch_size: tuple[int, ...], vae_stride: 
             )
 
 
-def target_trajectory(camera: Any, latent_frames: int) -> Trajectory:
-    """The target camera cut to the generated video's length; refuses a trajectory shorter than the video."""
+def fits_latent_frames(frames: int, latent_frames: int) -> bool:
+    """Whether ``frames`` poses describe ``latent_frames`` latent frames: one per latent frame, or at least one per
+    video frame (a longer trajectory is cut at the video's end)."""
+    return frames == latent_frames or frames >= video_frames(latent_frames)
+
+
+def fit_trajectory(trajectory: Trajectory, latent_frames: int) -> Trajectory:
+    """``trajectory`` as the poses of a video of ``latent_frames`` latent frames, without resampling in time.
+
+    Exactly ``latent_frames`` poses are one per latent frame (ReCamMaster's camera_extrinsics.json gives 21 for 81
+    frames) and are used as they are; a trajectory with at least one pose per video frame is cut to the video's
+    ``video_frames(latent_frames)`` poses, which ``recammaster_embedding`` then samples at frames 0, 4, 8, ...
+    Any other length does not fit (see ``fits_latent_frames``) and is returned unchanged.
+    """
+    frames, needed = trajectory.num_frames, video_frames(latent_frames)
+    if frames == latent_frames or frames <= needed:
+        return trajectory
+    return trajectory.with_poses(trajectory.c2w[:needed])
+
+
+def target_trajectory(camera: Any, latent_frames: int, name: str = "camera") -> Trajectory:
+    """A camera for a video of ``latent_frames`` latent frames (see ``fit_trajectory``); refuses other lengths.
+
+    ``name`` is the input the camera came from, for the error message.
+    """
     if not isinstance(camera, Trajectory):
-        raise ValueError(f"camera is a {type(camera).__name__}; connect a MEMV2V_CAMERA (Memory-V2V Camera Preset "
+        raise ValueError(f"{name} is a {type(camera).__name__}; connect a MEMV2V_CAMERA (Memory-V2V Camera Preset "
                          "or Camera Load).")
     needed = video_frames(latent_frames)
-    if camera.num_frames < needed:
+    if not fits_latent_frames(camera.num_frames, latent_frames):
         raise ValueError(
-            f"camera: the trajectory has {camera.num_frames} frames but the video has {needed} "
-            f"({latent_frames} latent frames); set frames to {needed} in Memory-V2V Camera Preset (or use a longer "
-            "trajectory file)."
+            f"{name}: the trajectory has {camera.num_frames} frames but the video has {needed} "
+            f"({latent_frames} latent frames); set frames to {needed} in Memory-V2V Camera Preset, or use a "
+            f"trajectory file with {needed} poses (one per video frame, longer is cut) or {latent_frames} (one per "
+            "latent frame)."
         )
-    return camera.with_poses(camera.c2w[:needed])
+    return fit_trajectory(camera, latent_frames)
 
 
-def memory_rows(context: MemoryContext, target: Trajectory) -> torch.Tensor:
-    """Camera rows per frame of the context's token layout: the user video at the identity pose, each memory its
-    stored trajectory relative to the target's first camera."""
+def stored_camera_rows(c2w: Any, latent_frames: int, reference: torch.Tensor, name: str) -> torch.Tensor:
+    """Rows [latent_frames, 12] of a stored trajectory relative to ``reference`` (the target's first pose).
+
+    Lengths that fit are used per latent frame or per video frame (``fit_trajectory``); any other stored length
+    (older banks) is resampled in time over its whole path.
+    """
+    stored = fit_trajectory(Trajectory(torch.as_tensor(c2w, dtype=torch.float32), name=name), latent_frames)
+    return recammaster_embedding(stored, latent_frames, reference=reference)
+
+
+def user_rows(user_camera: str, frames: int, target: Trajectory, target_frames: int,
+              user_trajectory: Any = None) -> torch.Tensor:
+    """The user video's rows [frames, 12] for one of ``USER_CAMERAS``.
+
+    ``target``: ReCamMaster's convention (``cam_emb.repeat(1, 2, 1)``): user frame j gets the target's row j, so the
+    user video needs the target's frame count. ``identity``: every frame at the target's first camera.
+    ``own trajectory``: ``user_trajectory`` (the user video's known poses, in the target's world) relative to the
+    target's first camera, like a memory.
+    """
+    if user_camera == "target":
+        if frames != target_frames:
+            raise ValueError(
+                f"user_camera: 'target' gives user frame j the target's camera j (ReCamMaster), but the user video "
+                f"has {frames} latent frames and the target {target_frames}; generate as many frames as the user "
+                "video has (Dynamic Tokenize target_frames = 0), or set user_camera to identity or own trajectory."
+            )
+        return recammaster_embedding(target, frames)
+    if user_camera == "identity":
+        return IDENTITY_ROW.expand(frames, CAMERA_INPUT).clone()
+    if user_camera == "own trajectory":
+        if user_trajectory is None:
+            raise ValueError("user_trajectory is not connected, but user_camera is 'own trajectory'; connect the "
+                             "user video's camera (Memory-V2V Camera Load) or set user_camera to target.")
+        own = target_trajectory(user_trajectory, frames, name="user_trajectory")
+        return recammaster_embedding(own, frames, reference=target.c2w[0])
+    raise ValueError(f"user_camera ({user_camera!r}) must be one of {', '.join(USER_CAMERAS)}.")
+
+
+def memory_rows(context: MemoryContext, target: Trajectory, user_camera: str = "target",
+                user_trajectory: Any = None) -> torch.Tensor:
+    """Camera rows per frame of the context's token layout: the user video by ``user_camera`` (see ``user_rows``),
+    each memory its stored trajectory relative to the target's first camera."""
     rows = []
     for stream in context.streams:
         if stream.role == "user":
-            rows.append(IDENTITY_ROW.expand(stream.frames, CAMERA_INPUT))
+            rows.append(user_rows(user_camera, stream.frames, target, context.target_frames, user_trajectory))
             continue
         if stream.camera is None:
             raise ValueError(
@@ -74,8 +140,29 @@ def memory_rows(context: MemoryContext, target: Trajectory) -> torch.Tensor:
                 "memory its own camera; store turns with Bank Add's camera input connected, or retrieve with FOV "
                 "Retrieve (it skips entries without a camera)."
             )
-        c2w = torch.as_tensor(stream.camera, dtype=torch.float32)
-        needed = video_frames(stream.frames)
-        stored = Trajectory(c2w[:needed] if c2w.shape[0] >= needed else c2w, name=f"memory {stream.entry_id}")
-        rows.append(recammaster_embedding(stored, stream.frames, reference=target.c2w[0]))
+        rows.append(stored_camera_rows(stream.camera, stream.frames, target.c2w[0], f"memory {stream.entry_id}"))
     return torch.cat(rows, dim=0) if rows else torch.zeros(0, CAMERA_INPUT)
+
+
+def sequence_embedding(video: torch.Tensor, memory: torch.Tensor | None, total_tokens: int,
+                       foreign_tokens: int = 0) -> torch.Tensor:
+    """The camera embedding [total_tokens, dim] of a self-attention sequence [video, foreign, memory].
+
+    ``video`` and ``memory`` are the per-token embeddings of the video tokens and of the pack's memory tokens (None:
+    no memory in this call). Foreign tokens are tokens the host appends after the video that are neither (newer
+    ComfyUI's in-context ``context_latents``); they get no camera embedding, like every token but ReCamMaster's own.
+    """
+    memory_tokens = 0 if memory is None else memory.shape[0]
+    expected = video.shape[0] + foreign_tokens + memory_tokens
+    if total_tokens != expected:
+        raise RuntimeError(
+            f"camera conditioning: self-attention sees {total_tokens} tokens, but the call has {video.shape[0]} video, "
+            f"{foreign_tokens} in-context and {memory_tokens} memory tokens ({expected}); another patch changed the "
+            "token sequence. Apply Memory must be the node that adds memory tokens to this model."
+        )
+    parts = [video]
+    if foreign_tokens:
+        parts.append(video.new_zeros(foreign_tokens, video.shape[1]))
+    if memory is not None:
+        parts.append(memory)
+    return torch.cat(parts, dim=0) if len(parts) > 1 else video

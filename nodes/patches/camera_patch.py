@@ -4,7 +4,9 @@ Every block that has camera modules gets an object patch on its ``self_attn``: t
 ``cam_encoder(extrinsics)`` of each token's own video to the self-attention input and applies the ``projector`` to its
 output (ReCamMaster's ``DiTBlock``), then the block carries on unchanged. A keyed DIFFUSION_MODEL wrapper puts the
 per-call camera rows into ``transformer_options``; the memory part of the sequence is mapped to its frames through the
-memory stream's current layout, so merged memory frames keep their own camera. No ComfyUI code is copied.
+memory stream's current layout, so merged memory frames keep their own camera. Tokens the host appends after the video
+that are not the pack's (newer ComfyUI's in-context ``context_latents``) get no camera embedding. No ComfyUI code is
+copied.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch.nn.functional as F
 import comfy.patcher_extension
 
 from ...memv2v_core.camera.trajectory import recammaster_embedding
-from ...memv2v_core.memory.camera_rows import CAMERA_INPUT, check_grid, memory_rows, target_trajectory
+from ...memv2v_core.memory.camera_rows import (CAMERA_INPUT, USER_CAMERAS, check_grid, memory_rows, sequence_embedding,
+                                                target_trajectory)
 from ...memv2v_core.memory.context import MemoryContext
 from .memory_patch import STATE_KEY
 
@@ -32,11 +35,13 @@ WRAPPER_KEY = "memv2v.camera"
 
 @dataclass(frozen=True, eq=False)
 class CameraCall:
-    """One model call's camera rows: the target's per latent frame and the context's per memory-layout frame."""
+    """One model call's camera rows: the target's per latent frame and the context's per memory-layout frame, and how
+    many tokens the host puts between the video and the memory (newer ComfyUI's context_latents)."""
 
     video_rows: torch.Tensor  # [T, 12]
     tokens_per_frame: int
     memory_rows: torch.Tensor  # [frames of the context layout, 12]
+    foreign_tokens: int = 0
 
 
 class CameraSelfAttention(torch.nn.Module):
@@ -59,23 +64,20 @@ class CameraSelfAttention(torch.nn.Module):
             layer.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     def camera_embedding(self, x: torch.Tensor, call: CameraCall, options: Mapping) -> torch.Tensor:
-        """Per-token cam_encoder output [1, L, dim] for the sequence x: video tokens first, then memory tokens."""
+        """Per-token cam_encoder output [1, L, dim] for the sequence x: video tokens, then tokens the host appended
+        (none of ours: zero), then the memory tokens."""
         weight, bias = self.cam_encoder.weight.to(x), self.cam_encoder.bias.to(x)
         video = F.linear(call.video_rows.to(x), weight, bias).repeat_interleave(call.tokens_per_frame, dim=0)
-        extra = x.shape[1] - video.shape[0]
-        if extra == 0:
-            return video.unsqueeze(0)
         memory = options.get(STATE_KEY)
         layout = None if memory is None else memory.state.layout
-        if layout is None or layout.num_tokens != extra or layout.num_frames != call.memory_rows.shape[0]:
-            raise RuntimeError(
-                f"camera conditioning: self-attention sees {x.shape[1]} tokens, {video.shape[0]} of them video, and "
-                f"the memory stream describes {None if layout is None else layout.num_tokens}; another patch changed "
-                "the token sequence. Apply Memory must be the node that adds memory tokens to this model."
-            )
-        per_frame = F.linear(call.memory_rows.to(x), weight, bias)
-        tokens = per_frame[layout.token_frame(device=x.device)]
-        return torch.cat([video, tokens], dim=0).unsqueeze(0)
+        tokens = None
+        if layout is not None:
+            if layout.num_frames != call.memory_rows.shape[0]:
+                raise RuntimeError(
+                    f"camera conditioning: the memory stream has {layout.num_frames} frames but the camera rows were "
+                    f"made for {call.memory_rows.shape[0]}; Apply Memory must be the node that adds memory tokens.")
+            tokens = F.linear(call.memory_rows.to(x), weight, bias)[layout.token_frame(device=x.device)]
+        return sequence_embedding(video, tokens, x.shape[1], call.foreign_tokens).unsqueeze(0)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, transformer_options: Mapping = {}, **kwargs):
         call = transformer_options.get(CAMERA_KEY) if transformer_options is not None else None
@@ -108,8 +110,14 @@ def camera_blocks(modules: Any, dim: int, depth: int) -> dict[int, tuple[torch.T
     return {int(b): tuple(w) for b, w in camera.items()}
 
 
-def check_camera_inputs(modules: Any, camera: Any, context: MemoryContext) -> bool:
+def check_camera_inputs(modules: Any, camera: Any, context: MemoryContext, user_camera: str = "target",
+                        user_trajectory: Any = None) -> bool:
     """Whether camera conditioning is on (modules with camera blocks); refuses a missing or unused camera."""
+    if user_camera not in USER_CAMERAS:
+        raise ValueError(f"user_camera ({user_camera!r}) must be one of {', '.join(USER_CAMERAS)}.")
+    if user_trajectory is not None and user_camera != "own trajectory":
+        raise ValueError(f"user_trajectory is connected, but user_camera is {user_camera!r}, so it would be ignored; "
+                         "set user_camera to 'own trajectory' or disconnect 'user_trajectory'.")
     has_camera_modules = bool(getattr(modules, "camera", None))
     if has_camera_modules and camera is None:
         blocks = len(modules.camera)
@@ -121,6 +129,12 @@ def check_camera_inputs(modules: Any, camera: Any, context: MemoryContext) -> bo
         raise ValueError(
             "camera is connected, but no camera modules are loaded, so it would be ignored; connect Memory-V2V Load "
             "Modules with a ReCamMaster / Memory-V2V checkpoint to 'modules', or disconnect 'camera'."
+        )
+    if user_trajectory is not None and not has_camera_modules:
+        raise ValueError(
+            "user_trajectory is connected, but no camera modules are loaded, so it would be ignored; connect "
+            "Memory-V2V Load Modules with a ReCamMaster / Memory-V2V checkpoint to 'modules', or disconnect "
+            "'user_trajectory'."
         )
     if has_camera_modules and context.mode != "nvs":
         raise ValueError(f"camera: camera conditioning is for novel view synthesis, but the context's mode is "
@@ -143,6 +157,15 @@ def _target_rows(rows: torch.Tensor, frames: int, options: Mapping) -> torch.Ten
     )
 
 
+def _in_context_tokens(latents: Any, patch: tuple[int, ...]) -> int:
+    """Tokens newer ComfyUI appends after the video for in-context latents (each padded to the patch size)."""
+    if latents is None:
+        return 0
+    latents = [latents] if isinstance(latents, torch.Tensor) else list(latents)
+    return sum(math.ceil(lat.shape[-3] / patch[0]) * math.ceil(lat.shape[-2] / patch[1]) *
+               math.ceil(lat.shape[-1] / patch[2]) for lat in latents)
+
+
 def _make_wrapper(video_rows: torch.Tensor, mem_rows: torch.Tensor, user_hw: tuple[int, int] | None):
     def camera_wrapper(executor, x, timestep, text, clip_fea=None, time_dim_concat=None, transformer_options=None,
                        **kwargs):
@@ -157,23 +180,30 @@ def _make_wrapper(video_rows: torch.Tensor, mem_rows: torch.Tensor, user_hw: tup
                 f"latent_image: the generated latent is {width}x{height} but the user video's is {user_hw[1]}x"
                 f"{user_hw[0]}; ReCamMaster re-renders the video at its own size, so make both the same size."
             )
+        if getattr(dm, "ref_conv", None) is not None and kwargs.get("reference_latent") is not None:
+            raise ValueError("camera: camera conditioning does not support a reference_latent (Wan Fun reference "
+                             "tokens before the video); remove that conditioning or disconnect 'camera'.")
         patch = dm.patch_size
         per_frame = math.ceil(height / patch[1]) * math.ceil(width / patch[2])
         call = CameraCall(_target_rows(video_rows, x.shape[2], options).to(x.device), per_frame,
-                          mem_rows.to(x.device))
+                          mem_rows.to(x.device), _in_context_tokens(kwargs.get("context_latents"), patch))
         return executor(x, timestep, text, clip_fea, time_dim_concat, {**options, CAMERA_KEY: call}, **kwargs)
 
     return camera_wrapper
 
 
-def apply_camera(patched: Any, modules: Any, camera: Any, context: MemoryContext) -> Any:
-    """Add camera conditioning to ``patched`` (a clone; changed in place and returned). Checks everything first."""
+def apply_camera(patched: Any, modules: Any, camera: Any, context: MemoryContext, user_camera: str = "target",
+                 user_trajectory: Any = None) -> Any:
+    """Add camera conditioning to ``patched`` (a clone; changed in place and returned). Checks everything first.
+
+    ``user_camera`` (one of ``USER_CAMERAS``) sets the user video's camera; ``user_trajectory`` is its own trajectory.
+    """
     dm = patched.get_model_object("diffusion_model")
     blocks = camera_blocks(modules, int(dm.dim), len(dm.blocks))
     check_grid(context, tuple(dm.patch_size))
     target = target_trajectory(camera, context.target_frames)
     video_rows = recammaster_embedding(target, context.target_frames)
-    mem_rows = memory_rows(context, target)
+    mem_rows = memory_rows(context, target, user_camera, user_trajectory)
     user = next((s for s in context.streams if s.role == "user"), None)
     user_hw = None if user is None else tuple(int(v) for v in user.latent.shape[-2:])
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
@@ -184,5 +214,5 @@ def apply_camera(patched: Any, modules: Any, camera: Any, context: MemoryContext
         inner = patched.get_model_object(name)
         inner = inner.inner if isinstance(inner, CameraSelfAttention) else inner  # a second Apply Memory replaces
         patched.add_object_patch(name, CameraSelfAttention(inner, *weights))
-    log.debug("camera conditioning on %d blocks, target %s", len(blocks), target)
+    log.debug("camera conditioning on %d blocks, target %s, user video: %s", len(blocks), target, user_camera)
     return patched

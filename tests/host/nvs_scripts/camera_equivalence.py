@@ -3,8 +3,10 @@
 Run inside ComfyUI's Python with cwd = the ComfyUI folder:
 ``python camera_equivalence.py --zero ZERO.safetensors --cam CAM.safetensors --plain-dit DIT.safetensors``.
 Checks: zero encoders + identity projectors give the native model's output bit for bit; random camera weights equal
-a ReCamMaster DiTBlock computed by hand (camera added to the self-attention input, projector on its output, one
-trajectory per video); the patch composes with merging; bad inputs are refused before sampling.
+the blocks computed by hand from ComfyUI's own block modules (camera added to the self-attention input, projector on
+its output, one trajectory per video: the user video with the target's rows by default, or the identity pose); the
+patch composes with merging; tokens newer ComfyUI appends after the video (context_latents, emulated on 0.3.64) get
+no camera embedding; bad inputs are refused before sampling. camera_reference.py checks against ReCamMaster's own DiT.
 """
 
 from __future__ import annotations
@@ -17,6 +19,95 @@ from _nvs import bootstrap, pack
 
 def max_diff(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
+
+
+def in_context_tokens(model, modules, ctx, target, x, t, text, frames, size) -> dict:
+    """Newer ComfyUI (0.25+) appends each ``context_latents`` stream's tokens after the video tokens and before the
+    pack's memory (WanModel.forward_orig), with its own RoPE, and drops them before the head. Emulated on 0.3.64: the
+    patch embedding's output gets the in-context latent's frames after the video's (tokens are flattened frame by
+    frame, so they follow the video tokens), rope_encode the matching positions, and _forward's [:t] slice drops their
+    output. The camera patch must give those tokens no camera embedding and the video and memory tokens theirs."""
+    import torch
+
+    from _nvs import pack
+
+    node = pack("nodes.memory_nodes")
+    camera_patch = pack("nodes.patches.camera_patch")
+    dm = model.model.diffusion_model
+    in_context = torch.randn(1, 16, 2, size, size)
+    tokens = 2 * (size // 2) ** 2
+    active = {"on": False}
+
+    def append_tokens(module, inputs, output):
+        if not active["on"]:
+            return output
+        extra = torch.nn.functional.conv3d(in_context.to(output), module.weight.to(output), module.bias.to(output),
+                                           stride=module.stride)
+        return torch.cat([output, extra.expand(output.shape[0], -1, -1, -1, -1)], dim=2)
+
+    rope_encode = dm.rope_encode
+
+    def rope_with_context(t_len, h, w, **kwargs):
+        freqs = rope_encode(t_len, h, w, **kwargs)
+        return torch.cat([freqs, rope_encode(2, h, w, t_start=100, **kwargs)], dim=1) if active["on"] else freqs
+
+    recorded: list = []
+    original = camera_patch.CameraSelfAttention.camera_embedding
+
+    def recording(self, x_, call, options):
+        result = original(self, x_, call, options)
+        recorded.append(result[0].detach().clone())
+        return result
+
+    patched, _ = node.patch_model(model, ctx, "auto", 0.5, "off", modules, camera=target)
+
+    def call(with_tokens: bool, **kwargs):
+        options = dict(patched.model_options.get("transformer_options", {}))
+        options["wrappers"] = {kind: dict(by_key) for kind, by_key in patched.wrappers.items()}
+        options["cond_or_uncond"] = [1, 0]
+        recorded.clear()
+        active["on"] = with_tokens
+        patched.patch_model(load_weights=False)
+        try:
+            with torch.no_grad():
+                out = patched.model.diffusion_model(x, t, text, transformer_options=options, **kwargs)
+        finally:
+            patched.unpatch_model(unpatch_weights=False)
+            active["on"] = False
+        return out, list(recorded)
+
+    hook = dm.patch_embedding.register_forward_hook(append_tokens)
+    dm.rope_encode = rope_with_context
+    camera_patch.CameraSelfAttention.camera_embedding = recording
+    result: dict = {}
+    try:
+        plain, plain_emb = call(False)
+        out, emb = call(True, context_latents=[in_context])
+        video = frames * (size // 2) ** 2
+        result["in_context_tokens"] = int(emb[0].shape[0] - plain_emb[0].shape[0])
+        result["in_context_expected"] = tokens
+        result["in_context_zero"] = all(bool((e[video:video + tokens] == 0).all()) for e in emb)
+        result["in_context_video_memory_equal"] = all(
+            torch.equal(e[:video], p[:video]) and torch.equal(e[video + tokens:], p[video:])
+            for e, p in zip(emb, plain_emb))
+        result["in_context_output_finite"] = bool(torch.isfinite(out).all()) and out.shape == plain.shape
+        try:  # the same tokens without the context_latents argument: the camera patch cannot place them
+            call(True)
+            result["in_context_undeclared_error"] = None
+        except RuntimeError as error:
+            result["in_context_undeclared_error"] = str(error)
+        dm.ref_conv = torch.nn.Identity()  # a Wan Fun reference model puts reference tokens before the video
+        try:
+            call(False, reference_latent=torch.zeros(1, 16, size, size))
+            result["reference_latent_error"] = None
+        except ValueError as error:
+            result["reference_latent_error"] = str(error)
+    finally:
+        dm.ref_conv = None
+        hook.remove()
+        del dm.rope_encode
+        camera_patch.CameraSelfAttention.camera_embedding = original
+    return result
 
 
 def main() -> int:
@@ -106,7 +197,7 @@ def main() -> int:
     def rows_for(trajectory_c2w, reference):
         return camera_lib.recammaster_embedding(camera_lib.Trajectory(trajectory_c2w), frames, reference=reference)
 
-    def reference():
+    def reference(user_rows):
         processed = [context_lib.ContextStream(s.role, s.entry_id, cam_model.model.process_latent_in(s.latent),
                                                s.kernel, s.temporal_ids, s.rank, s.score, s.camera)
                      for s in ctx.streams]
@@ -114,9 +205,11 @@ def main() -> int:
         embedded = context_lib.embed_context(context_lib.MemoryContext("nvs", frames, tuple(processed)), weights,
                                              dtype=x.dtype, grid_unit=(1, 2, 2))
         mem_pe = dm.rope_embedder(embedded.positions.unsqueeze(0)).movedim(1, 2)
-        # camera rows by hand: target relative to its own first pose, user = identity, memories in the target's frame
-        video_rows = camera_lib.recammaster_embedding(target, frames)
-        stream_rows = [torch.eye(4)[:3].reshape(1, 12).expand(frames, 12)]
+        # camera rows by hand: target relative to its own first pose (frames 0, 4, 8 of 9), the user video as given,
+        # memories relative to the target's first pose
+        relative = torch.linalg.inv(target.c2w[0]) @ target.c2w[::4]
+        video_rows = relative[:, :3, :].reshape(frames, 12)
+        stream_rows = [video_rows if user_rows is None else user_rows]
         stream_rows += [rows_for(c2w, target.c2w[0]) for _, _, _, c2w in memories]
         with torch.no_grad():
             video = dm.patch_embedding(x.float()).to(x.dtype)
@@ -147,7 +240,13 @@ def main() -> int:
                 h = h + block.ffn(block.norm2(h) * (1 + mod[4]) + mod[3]) * mod[5]
             return dm.unpatchify(dm.head(h[:, :n_video], e), grid)
 
-    out["cam_vs_reference_max_diff"] = max_diff(got, reference())
+    out["cam_vs_reference_max_diff"] = max_diff(got, reference(None))  # default: the user video has the target's rows
+    identity_rows = torch.eye(4)[:3].reshape(1, 12).expand(frames, 12)
+    as_identity, _ = node.patch_model(cam_model, ctx, "auto", 0.5, "off", cam_modules, camera=target,
+                                      user_camera="identity")
+    got_identity = run(as_identity)
+    out["identity_vs_reference_max_diff"] = max_diff(got_identity, reference(identity_rows))
+    out["identity_vs_default"] = max_diff(got_identity, got)
     out["cam_effect"] = max_diff(got, run(native))
 
     # 3. camera + merging at block 1: runs, finite, differs from the unmerged camera result
@@ -161,7 +260,10 @@ def main() -> int:
     swapped, _ = node.patch_model(cam_model, swapped_ctx, "auto", 0.5, "off", cam_modules, camera=target)
     out["memory_camera_effect"] = max_diff(run(swapped), got)
 
-    # 4. refusals before sampling
+    # 4. newer ComfyUI appends in-context tokens (context_latents) after the video; emulated here on 0.3.64
+    out.update(in_context_tokens(cam_model, cam_modules, ctx, target, x, t, text, frames, size))
+
+    # 5. refusals before sampling
     errors = {}
 
     def refuse(name, fn):
@@ -178,6 +280,14 @@ def main() -> int:
     odd = context_lib.build_context(torch.randn(1, 16, frames, 5, 7), [], "nvs", latent_format="wan21")
     refuse("grid", lambda: node.patch_model(cam_model, odd, "auto", 0.5, "off", cam_modules, camera=target))
     no_cam = context_lib.build_context(user, [("nocam", memories[0][1], 0.5, None)], "nvs", latent_format="wan21")
+    refuse("own_without_trajectory", lambda: node.patch_model(cam_model, ctx, "auto", 0.5, "off", cam_modules,
+                                                              camera=target, user_camera="own trajectory"))
+    refuse("trajectory_unused", lambda: node.patch_model(cam_model, ctx, "auto", 0.5, "off", cam_modules,
+                                                         camera=target, user_trajectory=target))
+    short_user = context_lib.build_context(torch.randn(1, 16, frames + 1, size, size), [], "nvs",
+                                           target_frames=frames, latent_format="wan21")
+    refuse("user_frames", lambda: node.patch_model(cam_model, short_user, "auto", 0.5, "off", cam_modules,
+                                                   camera=target))
     refuse("memory_without_camera", lambda: node.patch_model(cam_model, no_cam, "auto", 0.5, "off", cam_modules,
                                                              camera=target))
     other_model = context_lib.build_context(user, memories[:1], "nvs", latent_format="wan22")
