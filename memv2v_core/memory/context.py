@@ -65,6 +65,11 @@ class MemoryContext:
         return sum(1 for s in self.streams if s.mergeable)
 
     @property
+    def previous(self) -> ContextStream | None:
+        """Mode "edit": the stream of segment i-1 (range T..2T-1), or None when it is not among the memories."""
+        return next((s for s in self.streams if s.role == "previous"), None)
+
+    @property
     def channels(self) -> int | None:
         return int(self.streams[0].latent.shape[1]) if self.streams else None
 
@@ -91,11 +96,15 @@ def build_context(
     reverse_memory: bool = True,
     story_gap: float = DEFAULT_STORY_GAP,
     latent_format: str | None = None,
+    previous_entry: str | None = None,
 ) -> MemoryContext:
     """Apply ranks -> kernels and mode -> temporal ids to the user latent and the ranked memories (best first).
 
-    ``memories`` holds (entry_id, latent, score, camera) tuples in retrieval order. In mode "edit" the first memory is
-    the immediately previous segment. ``target_frames`` defaults to the user latent's frame count. In mode "story" the
+    ``memories`` holds (entry_id, latent, score, camera) tuples in retrieval order. In mode "edit" only the memory
+    whose entry id is ``previous_entry`` (the bank entry that really is segment i-1 of the same source, wherever
+    retrieval ranked it) takes the previous segment's range T..2T-1; with ``previous_entry=None`` (segment i-1 not
+    retrieved) every memory takes 2T..3T-1. Rank still decides the kernel. ``target_frames`` defaults to the user
+    latent's frame count. In mode "story" the
     default plan gives OneStory-style importance kernels; StoryMem's full-resolution keyframes need
     ``KernelPlan(fine=(1, 2, 2), coarse=(1, 2, 2))``. ``latent_format`` is recorded on the context as given.
     """
@@ -113,6 +122,18 @@ def build_context(
                 "target_frames is None and there is no user_latent; pass the target's latent frame count, e.g. 21."
             )
         target_frames = int(user_latent.shape[2])
+    if previous_entry is not None:
+        if mode != "edit":
+            raise ValueError(
+                f"previous_entry ({previous_entry!r}) was given in mode {mode!r}; only mode 'edit' has a previous "
+                "segment. Pass previous_entry=None."
+            )
+        listed = [str(m[0]) for m in memories if len(m) == 4]
+        if listed.count(str(previous_entry)) != 1:
+            raise ValueError(
+                f"previous_entry ({previous_entry!r}) appears {listed.count(str(previous_entry))} times among the "
+                f"memories {listed}; pass the entry id of segment i-1 once, or None when it was not retrieved."
+            )
 
     roles: list[str] = []
     entries: list[tuple[str | None, torch.Tensor, float | None, Any, int | None, Kernel]] = []
@@ -129,7 +150,8 @@ def build_context(
         entry_id, latent, score, camera = memory
         latent = _check_latent(f"memories[{rank}] ({entry_id!r}) latent", latent, channels)
         channels = int(latent.shape[1])
-        roles.append("previous" if mode == "edit" and rank == 0 else "memory")
+        is_previous = previous_entry is not None and str(entry_id) == str(previous_entry)
+        roles.append("previous" if is_previous else "memory")
         entries.append(
             (str(entry_id), latent, None if score is None else float(score), camera, rank, plan.kernel_for_rank(rank))
         )
