@@ -86,6 +86,40 @@ def _check_latent(name: str, latent: Any, channels: int | None) -> torch.Tensor:
     return latent
 
 
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What a selected memory says about itself: bank entry id, segment index and source id (None when not a
+    segment), and whether retrieval marked it as the previous segment."""
+
+    entry_id: str
+    segment_index: int | None = None
+    source_id: str | None = None
+    marked_previous: bool = False
+
+
+def previous_segment_entry(
+    memories: Sequence[SegmentFacts], segment_index: int | None, source_id: str | None = None
+) -> str | None:
+    """The entry id of segment ``segment_index - 1`` of ``source_id`` among ``memories`` (any rank), else None.
+
+    With ``segment_index=None`` (unknown here) the memory retrieval marked as the previous segment is taken. With
+    ``source_id=None`` the segment index alone decides, which is refused when segments of several videos match.
+    """
+    if segment_index is None:
+        return next((m.entry_id for m in memories if m.marked_previous), None)
+    if segment_index <= 0:
+        return None
+    matches = [m for m in memories if m.segment_index == segment_index - 1
+               and (source_id is None or m.source_id == source_id)]
+    sources = sorted({repr(m.source_id) for m in matches})
+    if len(sources) > 1:
+        raise ValueError(
+            f"source_id is empty but the selection holds segment {segment_index - 1} of several source videos "
+            f"({', '.join(sources)}); connect Split Segments' source_id so only this video's previous segment counts."
+        )
+    return matches[0].entry_id if matches else None
+
+
 def build_context(
     user_latent: torch.Tensor | None,
     memories: Sequence[tuple[str, torch.Tensor, float | None, Any]],

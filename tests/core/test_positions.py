@@ -186,3 +186,21 @@ def test_scaled_positions_are_rounded_through_the_latent_dtype_like_the_video_id
     assert float((memory - video_bf16).abs().max()) <= 0.125  # one bf16 step at |t| < 32: same grid as the video
     with pytest.raises(ValueError, match="rope_options\\['scale_t'\\]"):
         scale_shift_positions(grid, {"scale_t": "wide"})
+
+
+def test_the_previous_segment_is_found_by_index_and_source_not_by_rank():
+    from memv2v_core.memory.context import SegmentFacts, previous_segment_entry
+
+    selected = [SegmentFacts("e1", 1, "vid"), SegmentFacts("e3", 3, "vid"), SegmentFacts("x3", 3, "other"),
+                SegmentFacts("e0", 0, "vid")]
+    assert previous_segment_entry(selected, 4, "vid") == "e3"  # ranked second: still found
+    assert previous_segment_entry(selected, 4, "other") == "x3"  # another video's segment 3 is not ours
+    assert previous_segment_entry(selected, 3, "vid") is None  # segment 2 was not retrieved / not in the bank
+    assert previous_segment_entry(selected, 0, "vid") is None  # segment 0 has no previous segment
+    with pytest.raises(ValueError, match="segment 3 of several source videos"):
+        previous_segment_entry(selected, 4, None)
+    assert previous_segment_entry(selected[:2], 2, None) == "e1"
+    # index unknown: retrieval's mark decides, and without one there is no previous segment
+    marked = [SegmentFacts("a"), SegmentFacts("b", marked_previous=True)]
+    assert previous_segment_entry(marked, None) == "b"
+    assert previous_segment_entry(marked[:1], None) is None
