@@ -10,7 +10,8 @@ import nodes as comfy_nodes
 from comfy_api.latest import io
 
 from ..memv2v_core.memory.camera_rows import USER_CAMERAS
-from ..memv2v_core.memory.context import MemoryContext, TokenBudget, build_context, context_layout, token_budget
+from ..memv2v_core.memory.context import (MemoryContext, SegmentFacts, TokenBudget, build_context, context_layout,
+                                          previous_segment_entry, token_budget)
 from ..memv2v_core.memory.positions import DEFAULT_STORY_GAP, MODES
 from ..memv2v_core.memory.stream import PAPER_MERGE_BLOCKS
 from ..memv2v_core.memory.tokenize import KernelPlan
@@ -61,6 +62,24 @@ def _memories(selection) -> tuple[list[tuple], str | None]:
         raise ValueError(f"selection mixes latent formats {sorted(formats)}; a context needs memories of one VAE "
                          "family (select from one bank).")
     return memories, next(iter(formats), None)
+
+
+def _previous_segment(selection, segment_index: int, source_id: str) -> tuple[str | None, str | None]:
+    """Mode edit: (entry id of segment i-1 of this source among the selected, or None; a note when it is missing)."""
+    index = None if segment_index < 0 else segment_index
+    facts = []
+    for item in selection.items if selection is not None else ():
+        entry = selection.bank.entry(item.entry_id)
+        facts.append(SegmentFacts(item.entry_id, entry.segment_index, entry.source_id,
+                                  bool((item.details or {}).get("previous"))))
+    found = previous_segment_entry(facts, index, source_id or None)
+    if found is not None or index == 0:
+        return found, None
+    which = "segment i-1" if index is None else f"segment {index - 1}"
+    how = ("" if index is not None else " (retrieval marked none; connect segment_index and source_id from Split "
+           "Segments to find it at any rank)")
+    return None, (f"previous segment missing: {which} of this video is not among the selected memories{how}; every "
+                  "memory uses the memory range 2T..3T-1")
 
 
 def describe_budget(context: MemoryContext, budget: TokenBudget) -> str:
@@ -118,6 +137,13 @@ class DynamicTokenize(io.ComfyNode):
                                        "(positions -M*S .. -S; StoryMem-style, default 5)."),
                 io.Int.Input("target_frames", default=0, min=0, max=4096,
                              tooltip="Latent frames of the video to generate; 0 = the frame count of 'latent'."),
+                io.Int.Input("segment_index", default=-1, min=-1, max=100000, optional=True,
+                             tooltip="Mode edit: index i of the segment being edited (Split Segments' index). Only "
+                                     "the memory that is segment i-1 of this source takes the previous segment's "
+                                     "positions, wherever it is ranked. -1: take the one retrieval marked."),
+                io.String.Input("source_id", default="", optional=True,
+                                tooltip="Mode edit: Split Segments' source_id, so segment i-1 of another video never "
+                                        "counts as the previous segment. Empty: segment index only."),
             ],
             outputs=[
                 Context.Output(display_name="context",
@@ -130,7 +156,7 @@ class DynamicTokenize(io.ComfyNode):
     @classmethod
     def execute(cls, mode: str, fine_ranks: int, user_kernel: str, fine_kernel: str, coarse_kernel: str,
                 reverse_memory: bool, story_gap: float, target_frames: int, selection=None,
-                latent: dict | None = None) -> io.NodeOutput:
+                latent: dict | None = None, segment_index: int = -1, source_id: str = "") -> io.NodeOutput:
         if mode == "auto":
             mode = getattr(selection, "mode", None) or "nvs"
         plan = KernelPlan(_kernel("user_kernel", user_kernel), _kernel("fine_kernel", fine_kernel),
@@ -143,13 +169,18 @@ class DynamicTokenize(io.ComfyNode):
         if frames is None:
             raise ValueError(f"target_frames is 0 and 'latent' is not connected; in mode {mode} set target_frames to "
                              "the latent frame count of the video to generate, or connect its latent.")
+        previous, missing = _previous_segment(selection, segment_index, source_id) if mode == "edit" else (None, None)
         context = build_context(samples if mode == "nvs" else None, memories, mode, plan, frames,
-                                reverse_memory=reverse_memory, story_gap=story_gap, latent_format=latent_format)
+                                reverse_memory=reverse_memory, story_gap=story_gap, latent_format=latent_format,
+                                previous_entry=previous)
         target_hw = tuple(samples.shape[-2:]) if samples is not None else None
         if target_hw is None and not context.streams:
             raise ValueError("the context is empty and 'latent' is not connected; connect the target latent so the "
                              "budget can be sized, or select some memories.")
         text = describe_budget(context, token_budget(context, target_hw))
+        if missing is not None:
+            log.warning("Memory-V2V Dynamic Tokenize: %s", missing)
+            text += "\n" + missing
         return io.NodeOutput(context, text, ui={"text": [text]})
 
 

@@ -65,6 +65,11 @@ class MemoryContext:
         return sum(1 for s in self.streams if s.mergeable)
 
     @property
+    def previous(self) -> ContextStream | None:
+        """Mode "edit": the stream of segment i-1 (range T..2T-1), or None when it is not among the memories."""
+        return next((s for s in self.streams if s.role == "previous"), None)
+
+    @property
     def channels(self) -> int | None:
         return int(self.streams[0].latent.shape[1]) if self.streams else None
 
@@ -81,6 +86,40 @@ def _check_latent(name: str, latent: Any, channels: int | None) -> torch.Tensor:
     return latent
 
 
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What a selected memory says about itself: bank entry id, segment index and source id (None when not a
+    segment), and whether retrieval marked it as the previous segment."""
+
+    entry_id: str
+    segment_index: int | None = None
+    source_id: str | None = None
+    marked_previous: bool = False
+
+
+def previous_segment_entry(
+    memories: Sequence[SegmentFacts], segment_index: int | None, source_id: str | None = None
+) -> str | None:
+    """The entry id of segment ``segment_index - 1`` of ``source_id`` among ``memories`` (any rank), else None.
+
+    With ``segment_index=None`` (unknown here) the memory retrieval marked as the previous segment is taken. With
+    ``source_id=None`` the segment index alone decides, which is refused when segments of several videos match.
+    """
+    if segment_index is None:
+        return next((m.entry_id for m in memories if m.marked_previous), None)
+    if segment_index <= 0:
+        return None
+    matches = [m for m in memories if m.segment_index == segment_index - 1
+               and (source_id is None or m.source_id == source_id)]
+    sources = sorted({repr(m.source_id) for m in matches})
+    if len(sources) > 1:
+        raise ValueError(
+            f"source_id is empty but the selection holds segment {segment_index - 1} of several source videos "
+            f"({', '.join(sources)}); connect Split Segments' source_id so only this video's previous segment counts."
+        )
+    return matches[0].entry_id if matches else None
+
+
 def build_context(
     user_latent: torch.Tensor | None,
     memories: Sequence[tuple[str, torch.Tensor, float | None, Any]],
@@ -91,11 +130,15 @@ def build_context(
     reverse_memory: bool = True,
     story_gap: float = DEFAULT_STORY_GAP,
     latent_format: str | None = None,
+    previous_entry: str | None = None,
 ) -> MemoryContext:
     """Apply ranks -> kernels and mode -> temporal ids to the user latent and the ranked memories (best first).
 
-    ``memories`` holds (entry_id, latent, score, camera) tuples in retrieval order. In mode "edit" the first memory is
-    the immediately previous segment. ``target_frames`` defaults to the user latent's frame count. In mode "story" the
+    ``memories`` holds (entry_id, latent, score, camera) tuples in retrieval order. In mode "edit" only the memory
+    whose entry id is ``previous_entry`` (the bank entry that really is segment i-1 of the same source, wherever
+    retrieval ranked it) takes the previous segment's range T..2T-1; with ``previous_entry=None`` (segment i-1 not
+    retrieved) every memory takes 2T..3T-1. Rank still decides the kernel. ``target_frames`` defaults to the user
+    latent's frame count. In mode "story" the
     default plan gives OneStory-style importance kernels; StoryMem's full-resolution keyframes need
     ``KernelPlan(fine=(1, 2, 2), coarse=(1, 2, 2))``. ``latent_format`` is recorded on the context as given.
     """
@@ -113,6 +156,18 @@ def build_context(
                 "target_frames is None and there is no user_latent; pass the target's latent frame count, e.g. 21."
             )
         target_frames = int(user_latent.shape[2])
+    if previous_entry is not None:
+        if mode != "edit":
+            raise ValueError(
+                f"previous_entry ({previous_entry!r}) was given in mode {mode!r}; only mode 'edit' has a previous "
+                "segment. Pass previous_entry=None."
+            )
+        listed = [str(m[0]) for m in memories if len(m) == 4]
+        if listed.count(str(previous_entry)) != 1:
+            raise ValueError(
+                f"previous_entry ({previous_entry!r}) appears {listed.count(str(previous_entry))} times among the "
+                f"memories {listed}; pass the entry id of segment i-1 once, or None when it was not retrieved."
+            )
 
     roles: list[str] = []
     entries: list[tuple[str | None, torch.Tensor, float | None, Any, int | None, Kernel]] = []
@@ -129,7 +184,8 @@ def build_context(
         entry_id, latent, score, camera = memory
         latent = _check_latent(f"memories[{rank}] ({entry_id!r}) latent", latent, channels)
         channels = int(latent.shape[1])
-        roles.append("previous" if mode == "edit" and rank == 0 else "memory")
+        is_previous = previous_entry is not None and str(entry_id) == str(previous_entry)
+        roles.append("previous" if is_previous else "memory")
         entries.append(
             (str(entry_id), latent, None if score is None else float(score), camera, rank, plan.kernel_for_rank(rank))
         )

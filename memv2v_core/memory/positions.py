@@ -13,7 +13,7 @@ category's range.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -66,9 +66,17 @@ def edit_ids(
 ) -> TemporalIds:
     """Long-video editing: target 0..T-1, previous segment T..2T-1, other memories 2T..3T-1.
 
+    At most one stream may be 'previous', and only the memory that really is segment i-1 of the same source
+    (``context.build_context`` takes it by entry id); without it every memory uses 2T..3T-1.
+
     At inference the memories lie before the target in time while training saw them after it, so with ``reverse``
     each memory's frame order is flipped: its last frame (nearest in time to the target) gets the lowest id of its range.
     """
+    if list(roles).count("previous") > 1:
+        raise ValueError(
+            f"{list(roles).count('previous')} streams have role 'previous'; only segment i-1 itself may take the "
+            "range T..2T-1, so give every other memory the role 'memory'."
+        )
     t = target_frames
     streams = []
     for role, frames in zip(roles, stream_frames):
@@ -136,3 +144,44 @@ def apply_temporal_ids(positions: torch.Tensor, frame_ids: torch.Tensor) -> torc
     out = positions.clone()
     out[:, 0] = frame_ids.to(positions)[positions[:, 0].long()]
     return out
+
+
+ROPE_OPTION_KEYS = ("scale_t", "scale_y", "scale_x", "shift_t", "shift_y", "shift_x")
+
+
+def rope_option_values(rope_options: Mapping[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """((scale_t, scale_y, scale_x), (shift_t, shift_y, shift_x)) of ComfyUI's ``rope_options`` (ScaleROPE node).
+
+    Missing keys take ComfyUI's defaults (scale 1, shift 0); _y is height and _x is width.
+    """
+    if not isinstance(rope_options, Mapping):
+        raise ValueError(
+            f"rope_options is a {type(rope_options).__name__}; it must be a dict with keys {ROPE_OPTION_KEYS} "
+            "(what ComfyUI's ScaleROPE node sets)."
+        )
+    values = {}
+    for key in ROPE_OPTION_KEYS:
+        value = rope_options.get(key, 1.0 if key.startswith("scale") else 0.0)
+        try:
+            values[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"rope_options[{key!r}] ({value!r}) must be a number, e.g. 1.0.") from None
+    return ((values["scale_t"], values["scale_y"], values["scale_x"]),
+            (values["shift_t"], values["shift_y"], values["shift_x"]))
+
+
+def scale_shift_positions(
+    positions: torch.Tensor, rope_options: Mapping[str, Any], dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """(t, h, w) positions [N, 3] moved as ComfyUI's ``rope_options`` move the video's: p' = shift + scale * p per axis.
+
+    Newer ComfyUI builds the video ids as ``linspace(shift, shift + (n-1)*scale, n)``, i.e. shift + i*scale for the
+    token at grid index i; memory positions are in the same grid units, so the same map keeps every memory token
+    where it was relative to the video. With ``dtype`` the result is rounded through it, as the video ids (built in
+    the latent's dtype) are; the returned tensor keeps ``positions``' dtype.
+    """
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions have shape {tuple(positions.shape)}; pass (t, h, w) positions [N, 3].")
+    scale, shift = rope_option_values(rope_options)
+    out = positions * positions.new_tensor(scale) + positions.new_tensor(shift)
+    return out if dtype is None else out.to(dtype).to(positions.dtype)

@@ -67,6 +67,9 @@ class MergeSettings:
     ``ratio`` of the memory frames present (least responsive first) are pooled ``factor`` x ``factor`` at the input of
     each block in ``blocks``, or dropped with ``mode="discard"``. ``plan_rows`` picks the batch rows whose
     responsiveness decides the plan (the conditional rows; None = all rows averaged), so every row merges the same frames.
+    ``fixed_frames`` ((block, frames) pairs) replaces the ranking by a plan made earlier, e.g. by the conditional pass
+    of the same step when a host runs the unconditional pass as a separate call: at a merge block it names, exactly
+    those frames are merged (none at a merge block it leaves out), and no q/k is computed.
     """
 
     blocks: tuple[int, ...] = PAPER_MERGE_BLOCKS
@@ -76,6 +79,7 @@ class MergeSettings:
     operator: FrameOperator | None = None
     chunk: int = DEFAULT_CHUNK
     plan_rows: tuple[int, ...] | None = None
+    fixed_frames: tuple[tuple[int, tuple[int, ...]], ...] | None = None
 
     def __post_init__(self) -> None:
         merge_count(0, self.ratio)  # validates the ratio
@@ -217,6 +221,9 @@ class MemoryStreamState:
         candidates = torch.tensor(self.layout.mergeable, dtype=torch.bool) & (sizes > 0)
         if merge_count(int(candidates.sum()), settings.ratio) == 0:
             return
+        if settings.fixed_frames is not None:
+            self._merge_fixed(dict(settings.fixed_frames).get(block_index, ()), candidates, block_index)
+            return
         if qk_fn is None:
             raise ValueError(
                 f"block {block_index} is a merge block but qk_fn is None; pass a qk_fn that returns the block's "
@@ -244,6 +251,24 @@ class MemoryStreamState:
             scores = scores[list(settings.plan_rows)]
         candidate_list = candidate_frames.tolist()  # one device sync, not one per merged frame
         chosen = tuple(int(candidate_list[i]) for i in merge_plan(scores, settings.ratio))
+        self._apply_plan(chosen, block_index)
+
+    def _merge_fixed(self, frames: Sequence[int], candidates: torch.Tensor, block_index: int) -> None:
+        """Merge the frames a plan made earlier names (checked against this stream's layout)."""
+        chosen = tuple(int(f) for f in frames)
+        if any(not 0 <= f < len(candidates) or not bool(candidates[f]) for f in chosen):
+            raise ValueError(
+                f"fixed_frames names frames {chosen} at block {block_index}, but this stream's mergeable frames are "
+                f"{torch.nonzero(candidates).flatten().tolist()}; a fixed plan must come from a stream with the same "
+                "context (the conditional pass of the same step)."
+            )
+        if chosen:
+            self.responsiveness = None
+            self._apply_plan(chosen, block_index)
+
+    def _apply_plan(self, chosen: tuple[int, ...], block_index: int) -> None:
+        settings = self.merge
+        assert settings is not None
         before = self.num_tokens
         self.tokens, self.positions, self.layout = merge_frames(
             self.tokens, self.positions, self.layout, chosen, settings.factor, settings.operator, settings.mode

@@ -3,13 +3,17 @@
 Pure glue over ``memv2v_core.memory.stream``: the wrapper embeds the context once per model call (so cond/uncond batches,
 context windows and re-entrant calls each get their own state), every ``("double_block", i)`` patch hands its block to
 ``MemoryStreamState.run_block`` (concatenate, run the real block, split), and the head and unpatchify never see memory.
+A keyed CALC_COND_BATCH wrapper makes one merge plan per step: when the host runs the conditional and unconditional
+passes as separate calls, the unconditional one merges the frames the conditional one chose (see ``_make_cond_batch``).
 Patches are plain closures: ``ModelPatcher.clone()`` deep-copies ``model_options``, and closures are shared, not copied.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,6 +27,7 @@ import comfy.patcher_extension
 from ...memv2v_core.bank.memory_bank import check_latent_format
 from ...memv2v_core.memory.context import MemoryContext, embed_context
 from ...memv2v_core.memory.merge import MERGE_MODES
+from ...memv2v_core.memory.positions import scale_shift_positions
 from ...memv2v_core.memory.stream import MemoryStreamState, MergeSettings, default_merge_blocks, rows_for_conditional
 from ...memv2v_core.memory.tokenize import DerivedTokenizer, Kernel
 
@@ -50,6 +55,10 @@ Observer = Callable[[MemoryCall], None]
 
 class _QKCaptured(Exception):
     """Raised by the attention override once the block's self-attention q and k are in hand (stops the block there)."""
+
+
+class _ConditionalFirst(Exception):
+    """Raised (before any work) by a call without conditional rows that came before its step's conditional pass."""
 
 
 # --- validation ------------------------------------------------------------------------------------------------------
@@ -234,12 +243,61 @@ def merge_settings(
 
 # --- per call ------------------------------------------------------------------------------------------------------
 def _base_patch_weights(dm: wan_model.WanModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The patch embedding's weights as this call sees them (LoRA, low-VRAM casting included), in fp32 on ``device``."""
+    """The patch embedding's weights as this call sees them (LoRA, low-VRAM casting included), in fp32 on ``device``.
+
+    Newer ComfyUI casts through an offload-aware API (``CastBiasWeightContext``, or ``cast_bias_weight(...,
+    offloadable=True)`` + ``uncast_bias_weight``): the cast may live in a reused buffer or a pinned mmap until it is
+    released, so the weights are cloned before release. ComfyUI 0.3.64 has only the plain ``cast_bias_weight``.
+    """
     layer = dm.patch_embedding
-    if isinstance(layer, comfy.ops.CastWeightBiasOp):
-        return comfy.ops.cast_bias_weight(layer, dtype=torch.float32, device=device, bias_dtype=torch.float32)
-    bias = None if layer.bias is None else layer.bias.to(device, torch.float32)
-    return layer.weight.to(device, torch.float32), bias
+    if not isinstance(layer, comfy.ops.CastWeightBiasOp):
+        bias = None if layer.bias is None else layer.bias.to(device, torch.float32)
+        return layer.weight.to(device, torch.float32), bias
+    kwargs = {"dtype": torch.float32, "device": device, "bias_dtype": torch.float32}
+    context = getattr(comfy.ops, "CastBiasWeightContext", None)
+    if context is not None:
+        with context(layer, offloadable=True, **kwargs) as (weight, bias):
+            return weight.clone(), None if bias is None else bias.clone()
+    uncast = getattr(comfy.ops, "uncast_bias_weight", None)
+    if uncast is not None:
+        weight, bias, offload = comfy.ops.cast_bias_weight(layer, offloadable=True, **kwargs)
+        try:
+            return weight.clone(), None if bias is None else bias.clone()
+        finally:
+            uncast(layer, weight, bias, offload)
+    return comfy.ops.cast_bias_weight(layer, **kwargs)
+
+
+def model_reads_rope_options(dm: wan_model.WanModel) -> bool:
+    """Whether this ComfyUI's Wan places video tokens by ``transformer_options["rope_options"]`` (ScaleROPE node).
+
+    Newer ``rope_encode`` takes ``transformer_options``; 0.3.64's does not and ignores the key, so memory must too.
+    """
+    try:
+        return "transformer_options" in inspect.signature(dm.rope_encode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _rope_fn(dm: wan_model.WanModel, options: Mapping, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's RoPE on memory ids, moved by ``rope_options`` exactly where the model moves the video's."""
+    rope_options = options.get("rope_options")
+    if rope_options is None or not model_reads_rope_options(dm):
+        return lambda ids: dm.rope_embedder(ids.unsqueeze(0)).movedim(1, 2)
+    return lambda ids: dm.rope_embedder(scale_shift_positions(ids, rope_options, dtype).unsqueeze(0)).movedim(1, 2)
+
+
+def blocks_receive_options(dm: wan_model.WanModel) -> bool:
+    """Whether this ComfyUI hands ``transformer_options`` to the blocks (and their attention) of ``dm``'s class.
+
+    WanModel always does; WanModel_S2V only since ComfyUI 0.5.0: its ``block_wrap`` then reads
+    ``args["transformer_options"]`` (a string constant in its code, found without running or parsing source).
+    """
+    if not isinstance(dm, wan_model.WanModel_S2V):
+        return True
+    code = type(dm).forward_orig.__code__
+    wraps = [c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == "block_wrap"]
+    return any("transformer_options" in c.co_consts for c in wraps)
 
 
 def _weights_for(dm: wan_model.WanModel, learned: LearnedMemoryWeights | None, device: torch.device):
@@ -292,11 +350,65 @@ class _Installed:
     observer: Observer | None
     fallback: dict = field(default_factory=dict)  # for Wan variants whose block patches get no transformer_options
     warned: set = field(default_factory=set)
+    step: "_Step | None" = None  # the sampling step (one CALC_COND_BATCH call) now running, if any
 
     def warn_once(self, key: str, message: str, *args) -> None:
         if key not in self.warned:
             self.warned.add(key)
             log.warning(message, *args)
+
+
+@dataclass(eq=False)
+class _Step:
+    """One CALC_COND_BATCH call (a step, or one context window of it): the merge plan of its conditional pass."""
+
+    has_conditional: bool
+    plan: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+    conditional_first: bool = False  # set when the calls were re-run so the conditional pass comes first
+
+
+def _merge_for_call(installed: _Installed, cond_or_uncond: tuple[int, ...], batch: int) -> MergeSettings | None:
+    """This call's merge settings: ranked on its conditional rows, or the plan of its step's conditional pass."""
+    merge = installed.merge
+    if merge is None:
+        return None
+    rows = rows_for_conditional(cond_or_uncond, batch)
+    step = installed.step
+    if rows is not None or step is None or not step.has_conditional or not cond_or_uncond:
+        return dataclasses.replace(merge, plan_rows=rows)
+    if step.plan is not None:
+        return dataclasses.replace(merge, plan_rows=None, fixed_frames=step.plan)
+    if not step.conditional_first:
+        raise _ConditionalFirst
+    installed.warn_once("own-plan", "Memory-V2V: an unconditional pass ran without its step's conditional pass; it "
+                        "ranks memory frames on its own rows.")
+    return dataclasses.replace(merge, plan_rows=None)
+
+
+def _make_cond_batch(installed: _Installed) -> Callable:
+    """CALC_COND_BATCH wrapper: one merge plan per step, made by the conditional pass, as in a batched call.
+
+    ComfyUI runs conditional and unconditional separately when they cannot be batched (low VRAM, unequal
+    conditioning) and then the unconditional first. Its call stops at once (``_ConditionalFirst``) and the step is
+    run again as two calls, conditional first; outputs go back in ComfyUI's order.
+    """
+    def memory_cond_batch(executor, model, conds, x_in, timestep, model_options):
+        if installed.merge is None or not installed.context.streams or not conds:
+            return executor(model, conds, x_in, timestep, model_options)
+        outer, step = installed.step, _Step(has_conditional=conds[0] is not None)
+        installed.step = step
+        try:
+            try:
+                return executor(model, conds, x_in, timestep, model_options)
+            except _ConditionalFirst:
+                step.conditional_first = True
+                first = executor(model, [conds[0]] + [None] * (len(conds) - 1), x_in, timestep, model_options)
+                rest = executor(model, [None] + list(conds[1:]), x_in, timestep, model_options)
+                return [first[0], *rest[1:]]
+        finally:
+            installed.step = outer
+
+    return memory_cond_batch
 
 
 def _make_wrapper(installed: _Installed) -> Callable:
@@ -306,6 +418,8 @@ def _make_wrapper(installed: _Installed) -> Callable:
         if not installed.context.streams:
             return executor(x, timestep, text, clip_fea, time_dim_concat, transformer_options, **kwargs)
         dm = executor.class_obj
+        cond_or_uncond = tuple(options.get("cond_or_uncond") or ())
+        merge = _merge_for_call(installed, cond_or_uncond, x.shape[0])  # may stop here, before any work
         frames = x.shape[2] + (0 if time_dim_concat is None else time_dim_concat.shape[2])
         if installed.context.mode != "story" and frames > installed.context.target_frames:
             installed.warn_once("frames", "Memory-V2V: the model sees %d latent frames but the memory context was made "
@@ -315,17 +429,16 @@ def _make_wrapper(installed: _Installed) -> Callable:
         weights_for = _weights_for(dm, installed.learned, x.device)
         embedded = embed_context(installed.context, weights_for, device=x.device, dtype=x.dtype,
                                  grid_unit=tuple(dm.patch_size))
-        cond_or_uncond = tuple(options.get("cond_or_uncond") or ())
-        merge = installed.merge
-        if merge is not None:
-            merge = dataclasses.replace(merge, plan_rows=rows_for_conditional(cond_or_uncond, x.shape[0]))
-        call = MemoryCall(MemoryStreamState.from_embedded(embedded, merge),
-                          lambda ids: dm.rope_embedder(ids.unsqueeze(0)).movedim(1, 2), cond_or_uncond)
+        call = MemoryCall(MemoryStreamState.from_embedded(embedded, merge), _rope_fn(dm, options, x.dtype),
+                          cond_or_uncond)
         installed.fallback["call"] = call
         try:
             out = executor(x, timestep, text, clip_fea, time_dim_concat, {**options, STATE_KEY: call}, **kwargs)
         finally:
             installed.fallback.pop("call", None)
+        step = installed.step
+        if merge is not None and step is not None and merge.plan_rows is not None:
+            step.plan = tuple((event.block_index, event.frames) for event in call.state.events)
         if call.blocks_run != len(dm.blocks):
             installed.warn_once("blocks", "Memory-V2V: the memory passed through %d of %d blocks; another node "
                                 "replaced the block patches after Apply Memory. Apply Memory last to keep it "
@@ -397,13 +510,14 @@ def apply_memory(
     in an additional ModelPatcher, so ComfyUI loads and offloads them with the model.
     """
     dm = wan_diffusion_model(model)
+    if merge is not None and not blocks_receive_options(dm):
+        raise ValueError(
+            f"merge_mode ({merge.mode!r}): this ComfyUI's {type(dm).__name__} blocks get no transformer options, so "
+            "memory responsiveness cannot be measured (ComfyUI 0.5.0 and later pass them on Wan S2V); set merge_mode "
+            "to 'off' for this model, or update ComfyUI."
+        )
     base_model = model.model
     check_context_fits(dm, base_model.latent_format, context, learned)
-    if merge is not None and isinstance(dm, wan_model.WanModel_S2V):
-        raise ValueError(
-            "merge_mode: Wan S2V blocks give patches no transformer options, so responsiveness cannot be measured; "
-            "set merge_mode to 'off' for this model."
-        )
     processed = dataclasses.replace(
         context,
         streams=tuple(dataclasses.replace(s, latent=_memory_latent(base_model, s, dm, learned))
@@ -414,6 +528,9 @@ def apply_memory(
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                  _make_wrapper(installed))
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
+                                 _make_cond_batch(installed))
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index in range(len(dm.blocks)):
         previous = existing.get(("double_block", index))

@@ -247,3 +247,35 @@ def test_an_embedded_context_flows_through_the_blocks_and_merges_only_memories(b
     merged = state.events[0].frames
     assert len(merged) == 2 and all(embedded.layout.mergeable[f] for f in merged)
     assert embedded.layout.num_tokens == 2 * 16 + 2 * 4 + 2 * 1
+
+
+def test_a_fixed_plan_merges_exactly_the_planned_frames_without_ranking(blocks):
+    """The unconditional pass of a step reuses the conditional pass's plan: same frames, same tokens, no q/k."""
+    torch.manual_seed(5)
+    x, pe = _video(batch=1)
+    vec = torch.randn(1, 6, DIM)
+    memory, positions, layout = _memory()
+    ranked = MemoryStreamState(memory, positions, layout, merge=MergeSettings(blocks=(1, 3), ratio=0.5))
+    for i, block in enumerate(blocks):
+        ranked.run_block(block, x, pe, vec, rope_fn, i, qk_fn=block.qk)
+    plan = tuple((e.block_index, e.frames) for e in ranked.events)
+    assert [block for block, _ in plan] == [1, 3]
+
+    def no_qk(*args):
+        raise AssertionError("a fixed plan must not rank")
+
+    other_x = torch.randn_like(x)  # e.g. other text: its own ranking could differ; the plan must not
+    fixed = MemoryStreamState(memory, positions, layout,
+                              merge=MergeSettings(blocks=(1, 3), ratio=0.5, fixed_frames=plan))
+    for i, block in enumerate(blocks):
+        fixed.run_block(block, other_x, pe, vec, rope_fn, i, qk_fn=no_qk)
+    assert [(e.block_index, e.frames) for e in fixed.events] == list(plan)
+    assert fixed.layout == ranked.layout and torch.equal(fixed.positions, ranked.positions)
+
+    # a merge block the plan leaves out merges nothing; frames the layout cannot merge are refused
+    skip = MemoryStreamState(memory, positions, layout, merge=MergeSettings(blocks=(1,), fixed_frames=()))
+    skip.run_block(blocks[1], x, pe, vec, rope_fn, 1, qk_fn=no_qk)
+    assert skip.events == [] and skip.num_tokens == layout.num_tokens
+    bad = MemoryStreamState(memory, positions, layout, merge=MergeSettings(blocks=(1,), fixed_frames=((1, (0,)),)))
+    with pytest.raises(ValueError, match="fixed_frames names frames"):
+        bad.run_block(blocks[1], x, pe, vec, rope_fn, 1)

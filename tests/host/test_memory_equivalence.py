@@ -84,9 +84,25 @@ def test_dynamic_tokenize_reads_only_the_selected_entries(checks):
     assert checks["cameras"] == [None, [9, 4, 4], [9, 4, 4], [9, 4, 4]]
     assert checks["latent_format"] == "wan21"
     assert "total 123 tokens vs 240" in checks["budget"] and checks["ui_text"] == [checks["budget"]]
-    assert checks["edit_roles"] == ["previous", "memory", "memory"]
-    assert checks["edit_temporal_ids"] == [[5.0, 4.0, 3.0], [8.0, 7.0, 6.0], [8.0, 7.0, 6.0]]
+    # NVS entries are no video's segment i-1: in mode edit every memory takes the memory range, and the node says so
+    assert checks["edit_roles"] == ["memory", "memory", "memory"]
+    assert checks["edit_temporal_ids"] == [[8.0, 7.0, 6.0]] * 3
+    assert "previous segment missing" in checks["edit_budget"]
     assert "latent is not connected" in checks["error_nvs_without_latent"]
+
+
+def test_dynamic_tokenize_gives_the_previous_range_only_to_segment_i_minus_1_of_this_video(checks):
+    edit = checks["segment_edit"]
+    # ranked second behind another video's segment 3: only this video's segment 3 is the previous segment (T..2T-1)
+    assert edit["second"]["roles"] == ["memory", "previous", "memory"]
+    assert edit["second"]["temporal_ids"] == [[8.0, 7.0, 6.0], [5.0, 4.0, 3.0], [8.0, 7.0, 6.0]]
+    assert "previous segment missing" not in edit["second"]["budget"]
+    # segment 2 is not in the bank: nobody gets T..2T-1, and the budget text says why
+    for case in ("missing", "unmarked"):
+        assert edit[case]["roles"] == ["memory"] * 3
+        assert edit[case]["temporal_ids"] == [[8.0, 7.0, 6.0]] * 3
+        assert "previous segment missing" in edit[case]["budget"]
+    assert "segment 2 of this video" in edit["missing"]["budget"]
 
 
 @pytest.mark.parametrize("case, words", [

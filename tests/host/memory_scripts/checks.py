@@ -68,6 +68,28 @@ def main() -> int:
     edit_context = edit.args[0]
     out["edit_roles"] = [s.role for s in edit_context.streams]
     out["edit_temporal_ids"] = [s.temporal_ids.tolist() for s in edit_context.streams]
+    out["edit_budget"] = edit.args[1]
+    out["reads"] = list(reads)  # the two executions above; the segment checks below read their own entries
+
+    # long-video editing on segment entries: segment 3 (= i-1 for i = 4) retrieved second, another video's segment 3
+    # first; only this video's segment 3 takes the previous range, by index and source, not by rank
+    seg = {(source, index): bank.add(torch.randn(1, 16, 3, 8, 8), latent_format="wan21", segment_index=index,
+                                     source_id=source, prompt=f"{source} {index}")
+           for source, index in (("vid", 1), ("vid", 3), ("other", 3))}
+    ranked = [seg[("other", 3)], seg[("vid", 3)], seg[("vid", 1)]]
+    seg_selection = selection_lib.Selection(bank, tuple(selection_lib.SelectedMemory(i, 0.9 - 0.1 * n)
+                                                        for n, i in enumerate(ranked)), "edit")
+
+    def tokenize_edit(**extra):
+        result = node.DynamicTokenize.execute(mode="edit", fine_ranks=3, user_kernel="1x2x2", fine_kernel="1x4x4",
+                                              coarse_kernel="1x8x8", reverse_memory=True, story_gap=5.0,
+                                              target_frames=3, selection=seg_selection, **extra)
+        return {"roles": [s.role for s in result.args[0].streams],
+                "temporal_ids": [s.temporal_ids.tolist() for s in result.args[0].streams], "budget": result.args[1]}
+
+    out["segment_edit"] = {"second": tokenize_edit(segment_index=4, source_id="vid"),
+                           "missing": tokenize_edit(segment_index=3, source_id="vid"),
+                           "unmarked": tokenize_edit()}
     out["error_nvs_without_latent"] = error_of(lambda: node.DynamicTokenize.execute(
         mode="nvs", fine_ranks=3, user_kernel="1x2x2", fine_kernel="1x4x4", coarse_kernel="1x8x8",
         reverse_memory=True, story_gap=5.0, target_frames=0, selection=selection))
