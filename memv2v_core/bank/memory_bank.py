@@ -238,6 +238,21 @@ class MemoryBank:
                 return self.branch_ids(self._state.active_branch)
             return self.ids()
 
+    def retrieval_scope(self, lineage_of: str | None = None) -> str:
+        """One line saying what keeps entries from retrieval (hidden ones, a lineage, the active branch), or ""."""
+        with self._state_lock:
+            parts = []
+            hidden = len(self._entries) - len(self)
+            if hidden:
+                parts.append(f"{hidden} hidden {'entry' if hidden == 1 else 'entries'} left out")
+            if lineage_of is not None:
+                parts.append(f"only entry {lineage_of} and its ancestors")
+            elif self._state.active_branch is not None:
+                info = self._state.branches[self._state.active_branch]
+                parts.append(f"branch '{self._state.active_branch}' (from {info['from']}) is active: "
+                             f"{len(self.branch_ids(self._state.active_branch))} of {len(self)} visible entries")
+            return "; ".join(parts)
+
     def _refuse_hidden(self, entry_id: str, action: str) -> None:
         self.entry(entry_id)  # unknown or damaged: its own error
         if entry_id in self._state.hidden:

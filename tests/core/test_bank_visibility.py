@@ -66,8 +66,9 @@ def files_state(bank) -> dict:
 def test_hide_takes_an_entry_out_of_retrieval_and_restore_brings_it_back(bank, turns):
     t1, t2, t3 = turns
     assert retrieved(bank) == [t1, t2, t3]
+    assert bank.retrieval_scope() == ""
     bank.hide(t2)
-    assert retrieved(bank) == [t1, t3]
+    assert retrieved(bank) == [t1, t3] and bank.retrieval_scope() == "1 hidden entry left out"
     assert MemoryBank.open(bank.path).ids() == [t1, t3]  # durable: another handle (another process) sees it
     bank.restore(t2)
     assert retrieved(bank) == [t1, t2, t3]
@@ -229,6 +230,7 @@ def test_a_branch_from_turn_1_retrieves_turn_1_then_what_is_added_on_it(bank, tu
     reopened = MemoryBank.open(bank.path)
     assert reopened.active_branch == "from turn 1" and reopened.branches()["from turn 1"]["from"] == t1
     assert retrieved(reopened) == [t1, t4]
+    assert bank.retrieval_scope() == f"branch 'from turn 1' (from {t1}) is active: 2 of 4 visible entries"
     bank.switch_branch(None)  # back to the whole bank
     assert bank.active_branch is None and retrieved(bank) == [t1, t2, t3, t4]
     assert MemoryBank.open(bank.path).active_branch is None

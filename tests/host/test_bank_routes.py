@@ -71,9 +71,11 @@ def retrieval_prompt() -> dict:
     }
 
 
-def retrieved(host, ids: list[str]) -> list[str]:
-    """The entries a real FOV Retrieve run lists in its score table."""
+def retrieved(host, ids: list[str], tables: list | None = None) -> list[str]:
+    """The entries a real FOV Retrieve run lists in its score table (appended to ``tables``)."""
     table = host.run(retrieval_prompt()).outputs["3"]["text"][0]
+    if tables is not None:
+        tables.append(table)
     return [entry_id for entry_id in ids if entry_id in table]
 
 
@@ -115,7 +117,8 @@ def test_listing_thumbnails_hide_restore_and_branch_on_a_bank_made_by_the_nodes(
     assert status == 200 and body["id"] == t2 and body["hidden"] is True
     assert [e["hidden"] for e in get_json(host, f"/memv2v/banks/{BANK}/entries")] == [False, True, False]
     assert MemoryBank.open(host.server.output_dir / "memory_banks" / BANK).ids() == [t1, t3]
-    assert retrieved(host, node_bank) == [t1, t3]
+    tables = []
+    assert retrieved(host, node_bank, tables) == [t1, t3] and "(1 hidden entry left out)" in tables[0]
     summary = get_json(host, f"/memv2v/banks/{BANK}")
     assert summary["entries"] == 2 and summary["hidden"] == 1 and summary["active_branch"] is None
 
@@ -140,7 +143,9 @@ def test_listing_thumbnails_hide_restore_and_branch_on_a_bank_made_by_the_nodes(
     # branch from turn 1: retrieval sees only turn 1; back to the whole bank
     status, body = post_json(host, f"/memv2v/banks/{BANK}/branch", {"from": t1, "name": "from turn 1"})
     assert status == 200 and body["active_branch"] == "from turn 1" and body["branches"]["from turn 1"]["from"] == t1
-    assert retrieved(host, node_bank) == [t1]
+    tables.clear()
+    assert retrieved(host, node_bank, tables) == [t1]
+    assert "branch 'from turn 1'" in tables[0] and "1 of 3 visible entries" in tables[0]  # the table says why
     status, body = post_json(host, f"/memv2v/banks/{BANK}/branch", {"name": None})
     assert status == 200 and body["active_branch"] is None
     assert retrieved(host, node_bank) == [t1, t2, t3]
