@@ -204,13 +204,17 @@ class MemoryBank:
         parents that are not healthy entries of this bank (other banks, damaged) are left out."""
         with self._state_lock:
             self.entry(entry_id)
-            order, seen = [entry_id], {entry_id}
-            for current in order:  # grows while it is walked: breadth-first
-                for parent in self._entries[current].parents:
-                    if parent in self._entries and parent not in seen:
-                        seen.add(parent)
-                        order.append(parent)
-            return order
+            return self._ancestry([entry_id])
+
+    def _ancestry(self, starts: list[str]) -> list[str]:
+        """``starts`` (healthy ids) and all their ancestors, breadth-first, each once."""
+        order, seen = list(dict.fromkeys(starts)), set(starts)
+        for current in order:  # grows while it is walked
+            for parent in self._entries[current].parents:
+                if parent in self._entries and parent not in seen:
+                    seen.add(parent)
+                    order.append(parent)
+        return order
 
     def branch_ids(self, name: str) -> list[str]:
         """Visible entries of a named branch in insertion order: the lineage of the entry it starts from, plus every
@@ -220,10 +224,9 @@ class MemoryBank:
             if info is None:
                 raise ValueError(f"branch {name!r} does not exist in bank '{self.name}'; its branches: "
                                  f"{sorted(self._state.branches) or 'none'}")
-            members: set[str] = set()
-            for start in [info["from"]] + [i for i, e in self._entries.items() if e.branch == name]:
-                if start in self._entries and start not in members:
-                    members.update(self.lineage(start))
+            starts = [i for i in [info["from"]] + [i for i, e in self._entries.items() if e.branch == name]
+                      if i in self._entries]
+            members = set(self._ancestry(starts))
             return [i for i in self.ids() if i in members]
 
     def retrieval_ids(self, lineage_of: str | None = None) -> list[str]:
