@@ -35,7 +35,23 @@ try:
 except ImportError:  # imported outside ComfyUI (e.g. by pytest collecting the repo): there is nothing to register
     ComfyExtension = None
 
+def _register_routes() -> None:
+    """Add the bank browser's HTTP routes (``nodes/routes.py``) to ComfyUI's server; a failure leaves the nodes
+    working."""
+    try:
+        from server import PromptServer
+        routes = PromptServer.instance.routes
+    except (ImportError, AttributeError):  # no ComfyUI server in this process (e.g. a script importing the pack)
+        return
+    try:
+        importlib.import_module(f"{__name__}.nodes.routes").register(routes)
+    except Exception:
+        logger.exception("Memory-V2V: the bank routes (/memv2v/...) failed to load; the nodes still work")
+
+
 if ComfyExtension is not None:
+    _register_routes()
+
     class MemoryV2VExtension(ComfyExtension):
         async def get_node_list(self) -> list:
             return _node_classes()

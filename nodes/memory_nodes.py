@@ -50,8 +50,8 @@ def _memories(selection) -> tuple[list[tuple], str | None]:
     for item in selection.items:
         comfy.model_management.throw_exception_if_processing_interrupted()
         if item.entry_id not in selection.bank:
-            raise ValueError(f"selection: entry {item.entry_id} is no longer in bank '{selection.bank.name}' (removed "
-                             "or damaged since retrieval); queue again so retrieval runs on the bank as it is now.")
+            raise ValueError(f"selection: entry {item.entry_id} is no longer in bank '{selection.bank.name}' (hidden, "
+                             "removed or damaged since retrieval); queue again so retrieval runs on the bank as it is now.")
         entry = selection.bank.entry(item.entry_id)
         latent = selection.bank.load_latent(item.entry_id)
         latent = latent.unsqueeze(0) if latent.ndim == 4 else latent

@@ -51,6 +51,8 @@ class FOVRetrieve(io.ComfyNode):
     def execute(cls, bank, camera: Trajectory, top_k: int, lam: float, sphere_radius: float) -> io.NodeOutput:
         selection, rows = select_by_fov(bank, camera, top_k, lam, FOVParams(radius=sphere_radius))
         table = format_score_table(rows, {row["entry_id"]: bank.entry(row["entry_id"]).prompt for row in rows})
+        scope = bank.retrieval_scope()
+        table += f"\n({scope})" if scope else ""  # say why entries the artist remembers are not listed
         return io.NodeOutput(selection, table, ui={"text": [table]})
 
 

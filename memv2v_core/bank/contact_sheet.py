@@ -127,8 +127,14 @@ def _table(bank: MemoryBank, rows: Sequence[tuple[int, MemoryEntry, str]]) -> st
                       entry.created[:19].replace("T", " "), prompt[:60] + ("..." if len(prompt) > 60 else "")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    summary = (f"bank '{bank.name}': {len(bank)} entries, latent format {bank.latent_format or '-'}; "
-               f"rows {rows[0][0]}-{rows[-1][0]} shown" if rows else f"bank '{bank.name}' is empty")
+    hidden = len(bank.hidden_ids())
+    count = f"{len(bank)} entries" + (f" ({hidden} hidden, not shown)" if hidden else "")
+    if rows:
+        summary = (f"bank '{bank.name}': {count}, latent format {bank.latent_format or '-'}; "
+                   f"rows {rows[0][0]}-{rows[-1][0]} shown")
+    else:
+        summary = f"bank '{bank.name}' has no visible entries ({hidden} hidden)" if hidden else \
+            f"bank '{bank.name}' is empty"
     problems = bank.problems
     tail = ([f"{len(problems)} damaged entries (skipped, files left as they are):"] + [f"  {p}" for p in problems]
             if problems else [])

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +30,48 @@ _NAME_HELP = (f"Use a plain name such as 'my_scene': letters, digits, spaces, '-
               f"at most {MAX_BANK_NAME} characters.")
 
 
+# Invisible or non-text code points: control, format (bidi overrides, zero-width), surrogate, private use, line breaks.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
+
+
 def validate_bank_name(name: Any) -> str:
-    """Return ``name`` if it is safe as a single folder name on every OS; ValueError naming the problem otherwise."""
+    """Return ``name`` if it is safe as a single folder name on every OS; ValueError naming the problem otherwise.
+
+    The name's NFKC form must pass too, so look-alikes (fullwidth '／', '．．', 'ＣＯＮ') are refused like the
+    characters they imitate."""
     if not isinstance(name, str):
         raise ValueError(f"bank name must be a string, got {type(name).__name__}. {_NAME_HELP}")
+    reason = _name_problem(name)
+    folded = unicodedata.normalize("NFKC", name)
+    if reason is None and folded != name and (imitated := _name_problem(folded)) is not None:
+        reason = f"it imitates {folded!r}, which is refused ({imitated})"
+    if reason is not None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ValueError(f"bank name {shown!r} is refused: {reason}. {_NAME_HELP}")
+    return name
 
-    def refuse(reason: str) -> ValueError:
-        return ValueError(f"bank name {name!r} is refused: {reason}. {_NAME_HELP}")
 
+def _name_problem(name: str) -> str | None:
     if not name:
-        raise refuse("it is empty")
+        return "it is empty"
     if len(name) > MAX_BANK_NAME:
-        raise refuse(f"it is {len(name)} characters long")
+        return f"it is {len(name)} characters long"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise refuse("it contains a control character (NUL, newline, ...)")
+        return "it contains a control character (NUL, newline, ...)"
+    if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in name):
+        return "it contains an invisible or non-text character (bidi override, zero-width, private use)"
     if "/" in name or "\\" in name:
-        raise refuse("it contains a path separator, which would place the bank outside the banks folder")
+        return "it contains a path separator, which would place the bank outside the banks folder"
     forbidden = sorted(set(name) & set('<>:"|?*'))
     if forbidden:
-        raise refuse(f"it contains {''.join(forbidden)!r}, which Windows does not allow in folder names")
+        return f"it contains {''.join(forbidden)!r}, which Windows does not allow in folder names"
     if name.startswith("."):
-        raise refuse("it starts with '.' ('.' and '..' point outside the bank, and dot-folders are hidden)")
+        return "it starts with '.' ('.' and '..' point outside the bank, and dot-folders are hidden)"
     if name != name.strip() or name.endswith("."):
-        raise refuse("it starts or ends with a space or ends with '.', which Windows silently drops")
+        return "it starts or ends with a space or ends with '.', which Windows silently drops"
     if name.split(".")[0].strip().upper() in _WINDOWS_RESERVED:
-        raise refuse("it is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)")
-    return name
+        return "it is a reserved device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    return None
 
 
 def safe_bank_dir(root: str | os.PathLike, name: str) -> Path:
@@ -66,6 +83,35 @@ def safe_bank_dir(root: str | os.PathLike, name: str) -> Path:
         raise ValueError(f"bank name {name!r} is refused: {candidate} resolves to {candidate.resolve()}, outside the "
                          f"banks folder {root_path}. Remove that link or choose another name.")
     return candidate
+
+
+_ENTRY_ID_RE = re.compile(r"[0-9a-f]{16,64}")
+
+
+def validate_entry_id(entry_id: Any, input_name: str = "entry id") -> str:
+    """Return ``entry_id`` if it has the form of an entry id (16 to 64 lower-case hex digits); ValueError otherwise.
+
+    Checked before an id reaches the bank, so a path or other text never does."""
+    if not isinstance(entry_id, str) or not _ENTRY_ID_RE.fullmatch(entry_id):
+        shown = entry_id if not isinstance(entry_id, str) or len(entry_id) <= 80 else entry_id[:80] + "..."
+        raise ValueError(f"{input_name} {shown!r} is not an entry id: ids are 16 to 64 lower-case hex digits, as "
+                         "bank.ids() and the Bank Inspect table list them")
+    return entry_id
+
+
+MAX_BRANCH_NAME = 64
+_BRANCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.\-]*")
+
+
+def validate_branch_name(name: Any) -> str:
+    """Return ``name`` if it is a branch name: ASCII letters, digits, spaces, '-', '_', '.', starting with a letter
+    or digit, not ending with a space, at most 64 characters; ValueError naming the problem otherwise."""
+    if (not isinstance(name, str) or not name or len(name) > MAX_BRANCH_NAME or not _BRANCH_RE.fullmatch(name)
+            or name != name.rstrip()):
+        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:80] + "..."
+        raise ValueError(f"branch name {shown!r} is refused: use 1 to {MAX_BRANCH_NAME} ASCII letters, digits, "
+                         "spaces, '-', '_' or '.', starting with a letter or digit (e.g. 'from turn 1')")
+    return name
 
 
 def check_latent_format(actual: Any, expected: Any, where: str) -> None:

@@ -22,12 +22,14 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from .inputs import (LATENT_CHANNELS, check_latent_format, latent_format_for_channels, normalize_latent_format,
-                          prepare_entry, safe_bank_dir, tensor_input, validate_bank_name)
+                          prepare_entry, safe_bank_dir, tensor_input, validate_bank_name, validate_branch_name,
+                          validate_entry_id)
 from .records import (CACHE_DIR, CACHE_FORMAT, ENTRIES_DIR, FORMAT_NAME, LOCK_NAME, MANIFEST_NAME, SCHEMA_VERSION,
-                           TENSOR_NAMES, TMP_DIR, BankFormatError, DamagedEntryError, MemoryEntry, NewerSchemaError,
-                           RecordError, UnknownEntryError, check_entry_file, check_entry_header,
-                           compare_file_to_record, content_hash, data_sha256, entry_from_record, entry_metadata,
-                           manifest_bytes, now_iso, parse_manifest, record_line, records_from_files)
+                           TENSOR_NAMES, TMP_DIR, BankFormatError, BankState, BankStateError, DamagedEntryError,
+                           MemoryEntry, NewerSchemaError, RecordError, UnknownEntryError, bank_state,
+                           check_entry_file, check_entry_header, compare_file_to_record, content_hash, data_sha256,
+                           entry_from_record, entry_metadata, manifest_bytes, now_iso, parse_manifest, record_line,
+                           records_from_files)
 from .storage import (DTYPE_NAMES, InBackground, LockTimeout, StorageError, WriterLock, fsync_dir, fsync_file,
                            read_tensors, remove_stale_temp_files, replace_file, save_tensors_atomic, stage_bytes,
                            stage_tensors, temp_path, write_bytes_atomic)
@@ -37,9 +39,10 @@ logger = logging.getLogger(__name__)
 LOCK_TIMEOUT_S = 120.0  # how long a writer waits for another process's add before giving up with LockTimeout
 
 __all__ = ["MemoryBank", "MemoryEntry", "BankFormatError", "NewerSchemaError", "DamagedEntryError",
-           "UnknownEntryError", "LockTimeout",
+           "UnknownEntryError", "BankStateError", "LockTimeout",
            "check_latent_format", "normalize_latent_format", "latent_format_for_channels", "safe_bank_dir",
-           "validate_bank_name", "read_revision", "LATENT_CHANNELS", "TENSOR_NAMES", "SCHEMA_VERSION"]
+           "validate_bank_name", "validate_entry_id", "validate_branch_name", "read_revision", "LATENT_CHANNELS",
+           "TENSOR_NAMES", "SCHEMA_VERSION"]
 
 
 def read_revision(path: str | os.PathLike) -> str:
@@ -73,7 +76,8 @@ class MemoryBank:
         self._records: list = []
         self._lines: list[str | None] = []         # cached manifest line of each record (records never change)
         self._parsed: list[MemoryEntry | str] = []  # MemoryEntry of each record, or why it is unusable
-        self._entries: dict[str, MemoryEntry] = {}  # healthy entries in insertion order
+        self._entries: dict[str, MemoryEntry] = {}  # healthy entries in insertion order, hidden ones included
+        self._state = BankState()                   # hidden entries and branches (manifest top-level keys)
         self._records_by_id: dict[str, dict] = {}
         self._damaged: dict[str, str] = {}          # entry id -> problem
         self._record_problems: list[str] = []       # records too malformed to have an id
@@ -125,7 +129,8 @@ class MemoryBank:
     def problems(self) -> list[str]:
         """Damaged entries found so far, each message naming the file and the problem."""
         with self._state_lock:
-            return list(self._record_problems) + list(self._damaged.values())
+            state = [self._state.problem] if self._state.problem else []
+            return state + list(self._record_problems) + list(self._damaged.values())
 
     @property
     def latent_format(self) -> str | None:
@@ -133,20 +138,26 @@ class MemoryBank:
         with self._state_lock:
             return next((e.latent_format for e in self._entries.values()), None)
 
-    def ids(self) -> list[str]:
-        """Ids of the healthy entries in insertion order."""
+    def ids(self, include_hidden: bool = False) -> list[str]:
+        """Ids of the healthy entries in insertion order: the visible ones, or all with ``include_hidden``."""
         with self._state_lock:
-            return list(self._entries)
+            if include_hidden or not self._state.hidden:
+                return list(self._entries)
+            return [i for i in self._entries if i not in self._state.hidden]
 
-    def entries(self) -> list[MemoryEntry]:
+    def entries(self, include_hidden: bool = False) -> list[MemoryEntry]:
+        """The healthy entries' metadata in insertion order (visible ones unless ``include_hidden``)."""
         with self._state_lock:
-            return list(self._entries.values())
+            return [self._entries[i] for i in self.ids(include_hidden)]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """The number of visible healthy entries."""
+        with self._state_lock:
+            return len(self._entries) - sum(1 for i in self._state.hidden if i in self._entries)
 
     def __contains__(self, entry_id: object) -> bool:
-        return entry_id in self._entries
+        """Whether ``entry_id`` is a visible healthy entry."""
+        return entry_id in self._entries and entry_id not in self._state.hidden
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
@@ -165,8 +176,95 @@ class MemoryBank:
     def __reduce__(self):
         return (MemoryBank.open, (self.path,))
 
+    def is_hidden(self, entry_id: str) -> bool:
+        """Whether the entry is hidden (UnknownEntryError when the bank has no such entry)."""
+        with self._state_lock:
+            if entry_id not in self._records_by_id:
+                self.entry(entry_id)  # raises the unknown-entry error
+            return entry_id in self._state.hidden
+
+    def hidden_ids(self) -> list[str]:
+        """Ids of the hidden healthy entries in insertion order."""
+        with self._state_lock:
+            return [i for i in self._entries if i in self._state.hidden]
+
+    @property
+    def active_branch(self) -> str | None:
+        """The bank's active branch (retrieval sees only its entries; ``add`` records it), or None: the whole bank."""
+        with self._state_lock:
+            return self._state.active_branch
+
+    def branches(self) -> dict[str, dict]:
+        """Named branches: name -> {"from": entry id, "created": time}."""
+        with self._state_lock:
+            return {name: dict(info) for name, info in self._state.branches.items()}
+
+    def lineage(self, entry_id: str) -> list[str]:
+        """The entry and its ancestors by ``parents`` (the entry first, then breadth-first), hidden ones included;
+        parents that are not healthy entries of this bank (other banks, damaged) are left out."""
+        with self._state_lock:
+            self.entry(entry_id)
+            return self._ancestry([entry_id])
+
+    def _ancestry(self, starts: list[str]) -> list[str]:
+        """``starts`` (healthy ids) and all their ancestors, breadth-first, each once."""
+        order, seen = list(dict.fromkeys(starts)), set(starts)
+        for current in order:  # grows while it is walked
+            for parent in self._entries[current].parents:
+                if parent in self._entries and parent not in seen:
+                    seen.add(parent)
+                    order.append(parent)
+        return order
+
+    def branch_ids(self, name: str) -> list[str]:
+        """Visible entries of a named branch in insertion order: the lineage of the entry it starts from, plus every
+        entry added on it and their lineages."""
+        with self._state_lock:
+            info = self._state.branches.get(name)
+            if info is None:
+                raise ValueError(f"branch {name!r} does not exist in bank '{self.name}'; its branches: "
+                                 f"{sorted(self._state.branches) or 'none'}")
+            starts = [i for i in [info["from"]] + [i for i, e in self._entries.items() if e.branch == name]
+                      if i in self._entries]
+            members = set(self._ancestry(starts))
+            return [i for i in self.ids() if i in members]
+
+    def retrieval_ids(self, lineage_of: str | None = None) -> list[str]:
+        """The entries retrieval may use, in insertion order: visible ones; with ``lineage_of`` only that entry and
+        its ancestors; else, while the bank has an active branch, only that branch's entries."""
+        with self._state_lock:
+            if lineage_of is not None:
+                self._refuse_hidden(lineage_of, "start retrieval from")
+                members = set(self.lineage(lineage_of))
+                return [i for i in self.ids() if i in members]
+            if self._state.active_branch is not None:
+                return self.branch_ids(self._state.active_branch)
+            return self.ids()
+
+    def retrieval_scope(self, lineage_of: str | None = None) -> str:
+        """One line saying what keeps entries from retrieval (hidden ones, a lineage, the active branch), or ""."""
+        with self._state_lock:
+            parts = []
+            hidden = len(self._entries) - len(self)
+            if hidden:
+                parts.append(f"{hidden} hidden {'entry' if hidden == 1 else 'entries'} left out")
+            if lineage_of is not None:
+                parts.append(f"only entry {lineage_of} and its ancestors")
+            elif self._state.active_branch is not None:
+                info = self._state.branches[self._state.active_branch]
+                parts.append(f"branch '{self._state.active_branch}' (from {info['from']}) is active: "
+                             f"{len(self.branch_ids(self._state.active_branch))} of {len(self)} visible entries")
+            return "; ".join(parts)
+
+    def _refuse_hidden(self, entry_id: str, action: str) -> None:
+        self.entry(entry_id)  # unknown or damaged: its own error
+        if entry_id in self._state.hidden:
+            raise BankStateError(f"cannot {action} entry {entry_id} of bank '{self.name}': it is hidden (since "
+                                 f"{self._state.hidden[entry_id]}). Restore it first (bank.restore), or pick a "
+                                 "visible entry.")
+
     def entry(self, entry_id: str) -> MemoryEntry:
-        """Metadata of one entry (no tensors read)."""
+        """Metadata of one entry (no tensors read); hidden entries too."""
         with self._state_lock:
             found = self._entries.get(entry_id)
             if found is not None:
@@ -231,6 +329,7 @@ class MemoryBank:
             if digest != self._digest:
                 meta, records = parse_manifest(manifest_path, data)
                 self._meta, self._records, self._digest = meta, records, digest
+                self._state = bank_state(manifest_path, meta)
                 self._lines = [None] * len(records)
                 self._parsed = [_parse_record(r) for r in records]
                 recheck_files = True
@@ -311,13 +410,22 @@ class MemoryBank:
 
     def add(self, latent: torch.Tensor, *, latent_format: str, camera=None, intrinsics=None, fov_mask=None,
             descriptor=None, segment_index=None, source_id=None, keyframes=None, prompt="", turn=None,
-            parents=(), seed=None, sampler=None, model=None, extra=None) -> str:
-        """Store one generation durably and return its id; identical content returns the existing id."""
+            parents=(), seed=None, sampler=None, model=None, extra=None, branch: str | None = None) -> str:
+        """Store one generation durably and return its id; identical content returns the existing id (also when
+        that entry is hidden: it stays hidden). ``branch`` (default: the bank's active branch) is recorded."""
         tensors, meta = prepare_entry(latent, latent_format, camera=camera, intrinsics=intrinsics,
                                       fov_mask=fov_mask, descriptor=descriptor, keyframes=keyframes,
                                       segment_index=segment_index, source_id=source_id, prompt=prompt, turn=turn,
                                       parents=parents, seed=seed, sampler=sampler, model=model, extra=extra)
+        if branch is not None:
+            validate_branch_name(branch)
         with self._writing():
+            branch = branch if branch is not None else self._state.active_branch
+            if branch is not None:  # part of the content's identity only when set, so main-line ids are unchanged
+                if branch not in self._state.branches:
+                    raise ValueError(f"branch {branch!r} does not exist in bank '{self.name}'; create it with "
+                                     f"bank.branch(name, from_entry) (branches: {sorted(self._state.branches) or 'none'})")
+                meta["branch"] = branch
             bank_format = self.latent_format
             if bank_format is not None and bank_format != meta["latent_format"]:
                 raise ValueError(
@@ -328,7 +436,8 @@ class MemoryBank:
             try:
                 entry_id = self._free_id(full_hash)
                 if entry_id in self._entries:
-                    logger.info("memory bank %s: identical content is already stored as %s", self.name, entry_id)
+                    logger.info("memory bank %s: identical content is already stored as %s%s", self.name, entry_id,
+                                " (hidden: bank.restore shows it again)" if entry_id in self._state.hidden else "")
                     return entry_id
                 unknown = [p for p in meta["parents"] if p not in self._records_by_id]
                 if unknown:
@@ -405,20 +514,9 @@ class MemoryBank:
                            self.name, record["id"], old.get("file"), record["file"])
         records[position], lines[position], parsed[position] = record, record_line(record), entry_from_record(record)
         lines = [line if line is not None else record_line(r) for line, r in zip(lines, records)]
-        meta = dict(self._meta, schema_version=SCHEMA_VERSION)
-        meta["revision"] = meta["revision"] + 1 if type(meta.get("revision")) is int else 1
-        data = manifest_bytes(meta, lines)
-        staged = stage_bytes(data, self.path / TMP_DIR, MANIFEST_NAME)
-        try:
-            # The entry's data (flushed when staged), its name and the new manifest's data are durable before the
-            # manifest is renamed: the commit point.
-            fsync_file(staged)
-            fsync_dir(entry_path.parent)
-            replace_file(staged, self.path / MANIFEST_NAME)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path)
+        meta = self._next_meta({})
+        # The entry's data (flushed when staged) and its name are durable before the manifest names it.
+        data = self._write_manifest(meta, lines, durable_dir=entry_path.parent)
         self._meta, self._records, self._lines, self._parsed = meta, records, lines, parsed
         self._digest = hashlib.sha256(data).hexdigest()
         if old is None:  # the common case: append without re-checking every file
@@ -426,6 +524,105 @@ class MemoryBank:
             self._entries[record["id"]] = parsed[position]
         else:
             self._index()
+
+    def _next_meta(self, changes: dict) -> dict:
+        """The manifest's top-level keys for the next commit: ``changes`` applied (None or empty removes a key, so
+        a bank without hidden entries or branches has the manifest of earlier versions), revision + 1."""
+        meta = dict(self._meta, schema_version=SCHEMA_VERSION)
+        for key, value in changes.items():
+            if value is None or value == {}:
+                meta.pop(key, None)
+            else:
+                meta[key] = value
+        meta["revision"] = meta["revision"] + 1 if type(meta.get("revision")) is int else 1
+        return meta
+
+    def _write_manifest(self, meta: dict, lines: list[str], durable_dir: Path | None = None) -> bytes:
+        """Stage, flush and rename the new manifest into place (the commit point), then flush the bank folder."""
+        data = manifest_bytes(meta, lines)
+        staged = stage_bytes(data, self.path / TMP_DIR, MANIFEST_NAME)
+        try:
+            fsync_file(staged)
+            if durable_dir is not None:
+                fsync_dir(durable_dir)
+            replace_file(staged, self.path / MANIFEST_NAME)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path)
+        return data
+
+    def _commit_state(self, **changes) -> None:
+        """Commit new bank-level state (hidden, branches, active_branch): only the manifest's first line changes;
+        every entry record and file stays as it is."""
+        lines = [line if line is not None else record_line(r) for line, r in zip(self._lines, self._records)]
+        meta = self._next_meta(changes)
+        data = self._write_manifest(meta, lines)
+        self._meta, self._lines = meta, lines
+        self._digest = hashlib.sha256(data).hexdigest()
+        self._state = bank_state(self.path / MANIFEST_NAME, meta)
+
+    @contextmanager
+    def _changing_state(self) -> Iterator[BankState]:
+        with self._writing():
+            if self._state.problem:
+                raise BankFormatError(self._state.problem)
+            yield self._state
+
+    # -- visibility and branches -----------------------------------------------------------------------------------
+    def hide(self, entry_id: str) -> None:
+        """Hide an entry from retrieval, tokenization and stitching; durable and atomic like ``add``. Nothing is
+        deleted: ``restore`` shows it again. Its descendants stay visible."""
+        validate_entry_id(entry_id)
+        with self._changing_state() as state:
+            if entry_id not in self._records_by_id:
+                self.entry(entry_id)  # raises the unknown-entry error
+            if entry_id in state.hidden:
+                raise BankStateError(f"entry {entry_id} of bank '{self.name}' is already hidden (since "
+                                     f"{state.hidden[entry_id]}); nothing changed. bank.restore shows it again.")
+            self._commit_state(hidden={**state.hidden, entry_id: now_iso()})
+        logger.info("memory bank %s: entry %s hidden", self.name, entry_id)
+
+    def restore(self, entry_id: str) -> None:
+        """Show a hidden entry again; durable and atomic like ``add``."""
+        validate_entry_id(entry_id)
+        with self._changing_state() as state:
+            if entry_id not in self._records_by_id:
+                self.entry(entry_id)
+            if entry_id not in state.hidden:
+                raise BankStateError(f"entry {entry_id} of bank '{self.name}' is not hidden, so there is nothing to "
+                                     "restore; nothing changed.")
+            self._commit_state(hidden={k: v for k, v in state.hidden.items() if k != entry_id})
+        logger.info("memory bank %s: entry %s restored", self.name, entry_id)
+
+    def branch(self, name: str, from_entry: str, activate: bool = True) -> dict:
+        """Create the named branch starting at ``from_entry`` (a visible entry) and, with ``activate``, make it the
+        bank's active branch: retrieval then sees only the branch and the next ``add`` records it. Creating an
+        existing branch again from the same entry only activates it. Returns {"name", "from", "created"}."""
+        validate_branch_name(name)
+        validate_entry_id(from_entry, "from_entry")
+        with self._changing_state() as state:
+            self._refuse_hidden(from_entry, "branch from")
+            existing = state.branches.get(name)
+            if existing is not None and existing["from"] != from_entry:
+                raise BankStateError(f"branch {name!r} of bank '{self.name}' already starts from entry "
+                                     f"{existing['from']}, not {from_entry}; choose another name. Nothing changed.")
+            info = existing or {"from": from_entry, "created": now_iso()}
+            active = name if activate else state.active_branch
+            if existing is None or active != state.active_branch:
+                self._commit_state(branches={**state.branches, name: info}, active_branch=active)
+        return {"name": name, **info}
+
+    def switch_branch(self, name: str | None) -> None:
+        """Make an existing branch the active one, or None: retrieval sees the whole bank again."""
+        if name is not None:
+            validate_branch_name(name)
+        with self._changing_state() as state:
+            if name is not None and name not in state.branches:
+                raise ValueError(f"branch {name!r} does not exist in bank '{self.name}'; its branches: "
+                                 f"{sorted(state.branches) or 'none'}")
+            if name != state.active_branch:
+                self._commit_state(active_branch=name)
 
     # -- caches --------------------------------------------------------------------------------------------------
     def _cache_path(self, entry_id: str, name: str) -> Path:
@@ -468,7 +665,7 @@ class MemoryBank:
         problems, and damaged entries leave ``ids()``."""
         with self._state_lock:
             self.refresh()
-            for entry_id in self.ids():
+            for entry_id in self.ids(include_hidden=True):
                 record = self._records_by_id[entry_id]
                 path = os.path.join(self._root, record["file"])
                 problem = compare_file_to_record(check_entry_file(path), entry_id, record)
@@ -498,8 +695,9 @@ class MemoryBank:
                                   "(nothing was overwritten)")
         with self._state_lock:
             self.refresh()
-            snapshot = [self._records_by_id[i] for i in self.ids()]
+            snapshot = [self._records_by_id[i] for i in self.ids(include_hidden=True)]
             source_meta = dict(self._meta)
+            state = self._state
         for sub in (ENTRIES_DIR, CACHE_DIR, TMP_DIR):
             (dest / sub).mkdir(parents=True, exist_ok=True)
         with WriterLock(dest / LOCK_NAME, LOCK_TIMEOUT_S):
@@ -514,6 +712,10 @@ class MemoryBank:
                     "created": now_iso(), "revision": 1,
                     "copied_from": {"path": self._root, "bank_id": source_meta.get("bank_id"),
                                     "revision": source_meta.get("revision")}}
+            copied = {r["id"] for r in snapshot}  # a full copy: hidden entries stay hidden, branches stay
+            hidden = {k: v for k, v in state.hidden.items() if k in copied}
+            meta.update({k: v for k, v in (("hidden", hidden), ("branches", state.branches),
+                                            ("active_branch", state.active_branch)) if v})
             write_bytes_atomic(dest / MANIFEST_NAME, manifest_bytes(meta, [record_line(r) for r in snapshot]),
                                dest / TMP_DIR)
         return MemoryBank.open(dest)
@@ -554,7 +756,8 @@ class MemoryBank:
             meta = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION,
                     "bank_id": old_meta.get("bank_id") or uuid.uuid4().hex,
                     "created": old_meta.get("created") or now_iso(),
-                    "revision": old_meta.get("revision", 0) + 1, "recovered": now_iso()}
+                    "revision": old_meta.get("revision", 0) + 1, "recovered": now_iso(),
+                    **{k: old_meta[k] for k in ("hidden", "branches", "active_branch") if k in old_meta}}
             write_bytes_atomic(manifest_path, manifest_bytes(meta, [record_line(r) for r in records]), path / TMP_DIR)
             logger.warning("memory bank %s: manifest rebuilt: %d records kept, %d taken from entry files", path,
                            len(kept), len(records) - len(kept))
@@ -585,7 +788,11 @@ def _salvage_meta(manifest_path: Path) -> dict:
     if not isinstance(meta, dict):
         return {}
     kinds = {"bank_id": str, "created": str, "revision": int}
-    return {k: meta[k] for k, kind in kinds.items() if type(meta.get(k)) is kind}
+    salvaged = {k: meta[k] for k, kind in kinds.items() if type(meta.get(k)) is kind}
+    state = bank_state(manifest_path, meta)  # hidden entries and branches survive a rebuild when still readable
+    salvaged.update({k: v for k, v in (("hidden", state.hidden), ("branches", state.branches),
+                                       ("active_branch", state.active_branch)) if v})
+    return salvaged
 
 
 def _copy_durable(source: Path, dest: Path, tmp_dir: Path) -> None:

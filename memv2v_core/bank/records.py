@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .inputs import normalize_latent_format
+from .inputs import normalize_latent_format, validate_branch_name
 from .storage import DTYPE_NAMES, TORCH_DTYPES, SafetensorsHeader, StorageError, read_header, read_tensors
 
 FORMAT_NAME = "memv2v-bank"
@@ -39,6 +39,11 @@ class NewerSchemaError(BankFormatError):
 
 class DamagedEntryError(ValueError):
     """One entry's file is damaged; the message names the file and the problem. The rest of the bank still works."""
+
+
+class BankStateError(ValueError):
+    """A request that contradicts the bank's state (hiding a hidden entry, restoring a visible one, branching from a
+    hidden entry); nothing was changed."""
 
 
 class UnknownEntryError(KeyError):
@@ -75,6 +80,7 @@ class MemoryEntry:
     extra: dict
     latent_dtype: str = "F32"
     shapes: dict = field(default_factory=dict)  # tensor name -> shape tuple, for every stored tensor
+    branch: str | None = None  # the named branch the entry was added on (None: the bank's main line)
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -85,7 +91,7 @@ _FILE_RE = re.compile(r"entries/([0-9a-f]{16,64})(?:\.[0-9]{1,6})?\.safetensors"
 _FILE_NAME_RE = re.compile(r"([0-9a-f]{16,64})(?:\.[0-9]{1,6})?\.safetensors")
 _REQUIRED = {"id": str, "file": str, "bytes": int, "latent_format": str, "tensors": dict, "prompt": str, "turn": int,
              "parents": list, "sampler": dict, "created": str, "extra": dict}
-_OPTIONAL = {"seed": int, "model": str, "segment_index": int, "source_id": str}
+_OPTIONAL = {"seed": int, "model": str, "segment_index": int, "source_id": str, "branch": str}
 
 
 def entry_from_record(record: Any) -> MemoryEntry:
@@ -120,7 +126,8 @@ def entry_from_record(record: Any) -> MemoryEntry:
         latent_shape=shapes["latent"], tensors=tuple(shapes), prompt=record["prompt"], turn=record["turn"],
         parents=tuple(record["parents"]), seed=record.get("seed"), sampler=record["sampler"], model=record.get("model"),
         created=record["created"], segment_index=record.get("segment_index"), source_id=record.get("source_id"),
-        extra=record["extra"], latent_dtype=record["tensors"]["latent"]["dtype"], shapes=shapes)
+        extra=record["extra"], latent_dtype=record["tensors"]["latent"]["dtype"], shapes=shapes,
+        branch=record.get("branch"))
 
 
 def record_tensors(record: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -143,6 +150,49 @@ def manifest_bytes(meta: dict, lines: list[str]) -> bytes:
     head = json.dumps({k: v for k, v in meta.items() if k != "entries"}, ensure_ascii=False)[:-1]
     body = ",\n".join(lines)
     return (head + ', "entries": [\n' + body + ("\n" if lines else "") + "]}\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bank-level state in the manifest's top-level keys: which entries are hidden, the named branches, the active one.
+
+@dataclass(frozen=True)
+class BankState:
+    """What the manifest says about visibility and branches; ``problem`` is set when a field is malformed."""
+
+    hidden: dict[str, str] = field(default_factory=dict)     # entry id -> when it was hidden
+    branches: dict[str, dict] = field(default_factory=dict)  # name -> {"from": entry id, "created": time}
+    active_branch: str | None = None
+    problem: str | None = None
+
+
+def bank_state(path: os.PathLike, meta: dict) -> BankState:
+    """Read ``hidden``, ``branches`` and ``active_branch`` from manifest metadata. A malformed field is reported
+    and ignored as a whole (every entry shown, no branch active), never guessed at."""
+    hidden, branches, active = meta.get("hidden", {}), meta.get("branches", {}), meta.get("active_branch")
+    problems = []
+    if not isinstance(hidden, dict) or not all(_ID_RE.fullmatch(k) and isinstance(v, str) for k, v in hidden.items()):
+        problems.append("'hidden' is not a map of entry id -> time (ignored: every entry is shown)")
+        hidden = {}
+    try:
+        if not isinstance(branches, dict):
+            raise ValueError("not a map")
+        for name, info in branches.items():
+            validate_branch_name(name)
+            if (not isinstance(info, dict) or not isinstance(info.get("from"), str)
+                    or not _ID_RE.fullmatch(info["from"]) or not isinstance(info.get("created", ""), str)):
+                raise ValueError(f"branch {name!r} is {info!r}")
+    except ValueError as error:
+        problems.append(f"'branches' is not a map of branch name -> {{from, created}} ({error}; ignored: no "
+                        "branch is active)")
+        branches = {}
+    if active is not None and active not in branches:
+        problems.append(f"'active_branch' {active!r} is not one of the branches (ignored: no branch is active)")
+        active = None
+    problem = None
+    if problems:
+        problem = (f"{path}: manifest field {'; '.join(problems)}. Entries are unaffected; hide, restore and "
+                   "branch are refused until the field is fixed by hand")
+    return BankState(dict(hidden), {k: dict(v) for k, v in branches.items()}, active, problem)
 
 
 RECOVER_HINT = ("The entry files are untouched; MemoryBank.recover(path) (or MemV2V_BankLoad with 'rebuild_manifest' "

@@ -199,13 +199,17 @@ def _source_name(source_id: str | None) -> str:
     return repr(source_id) if source_id is not None else "(no source_id)"
 
 
-def source_segments(bank: Any, source_id: str | None, strict: bool = True) -> tuple[list[Any], list[str]]:
+def source_segments(bank: Any, source_id: str | None, strict: bool = True,
+                    lineage_of: str | None = None) -> tuple[list[Any], list[str]]:
     """The bank's segment entries of one source video, in insertion order, with notes (see the module rule).
 
-    ``strict``: refuse a bank that holds other videos' segments but none of ``source_id``'s.
+    Only entries retrieval may use (``bank.retrieval_ids``: visible ones, on the active branch or in
+    ``lineage_of``'s lineage). ``strict``: refuse a bank that holds other videos' segments but none of
+    ``source_id``'s.
     """
     source_id = source_id or None
-    segments = [e for e in (bank.entry(i) for i in bank.ids()) if e.segment_index is not None]
+    segments = [e for e in (bank.entry(i) for i in bank.retrieval_ids(lineage_of=lineage_of))
+                if e.segment_index is not None]
     sources = {e.source_id for e in segments}
     if source_id is None:
         if len(sources) > 1:
@@ -230,9 +234,11 @@ def latest_segments(entries: Sequence[Any]) -> dict[int, Any]:
 
 
 def select_segments(bank: Any, source_id: str | None, current_index: int, descriptor: Any,
-                    top_k: int = DEFAULT_TOP_K, recent_first: bool = True) -> SegmentRetrieval:
-    """Rank the bank's earlier segments of ``source_id`` against ``descriptor`` (see the module rule)."""
-    segments, notes = source_segments(bank, source_id, strict=current_index > 0)
+                    top_k: int = DEFAULT_TOP_K, recent_first: bool = True, *,
+                    lineage_of: str | None = None) -> SegmentRetrieval:
+    """Rank the bank's earlier segments of ``source_id`` against ``descriptor`` (see the module rule); hidden
+    entries are skipped, and ``lineage_of`` / the active branch restrict the candidates as in ``source_segments``."""
+    segments, notes = source_segments(bank, source_id, strict=current_index > 0, lineage_of=lineage_of)
     source_id = source_id or None
     earlier = [e for e in segments if e.segment_index < current_index]
     if len(earlier) < len(segments):

@@ -61,7 +61,7 @@ class FOVRanking:
 
 
 def rank_bank_by_fov(bank: Any, target: Trajectory, top_k: int = DEFAULT_TOP_K, lam: float = DEFAULT_LAMBDA,
-                     params: FOVParams | None = None, **fov_params) -> FOVRanking:
+                     params: FOVParams | None = None, *, lineage_of: str | None = None, **fov_params) -> FOVRanking:
     """``select_by_fov`` with its masks kept (for the preview)."""
     if top_k < 0:
         raise ValueError(f"top_k={top_k} must be 0 or more (6 is the top of Memory-V2V's trained range)")
@@ -73,7 +73,7 @@ def rank_bank_by_fov(bank: Any, target: Trajectory, top_k: int = DEFAULT_TOP_K, 
 
     rows: list[dict] = []
     masks: dict[str, torch.Tensor] = {}
-    for entry_id in bank.ids():
+    for entry_id in bank.retrieval_ids(lineage_of=lineage_of):
         row = {"entry_id": entry_id, "iou": None, "containment": None, "score": None, "rank": None}
         rows.append(row)
         try:
@@ -103,16 +103,19 @@ def rank_bank_by_fov(bank: Any, target: Trajectory, top_k: int = DEFAULT_TOP_K, 
 
 
 def select_by_fov(bank: Any, target: Trajectory, top_k: int = DEFAULT_TOP_K, lam: float = DEFAULT_LAMBDA,
-                  params: FOVParams | None = None, **fov_params) -> tuple[Selection, list[dict]]:
+                  params: FOVParams | None = None, *, lineage_of: str | None = None,
+                  **fov_params) -> tuple[Selection, list[dict]]:
     """Rank the bank's entries by lam * IoU + (1 - lam) * containment of the target's FOV; keep the ``top_k`` best.
 
-    Returns the Selection (mode "nvs", best first; each item's details hold iou and containment) and one row per
-    bank entry in bank order: entry_id, iou, containment, score, rank (1-based or None) and, for entries that
-    could not be scored (no camera, damaged), a ``skipped`` reason with None scores. An empty bank gives an empty
-    selection; ``top_k`` larger than the bank keeps every scored entry. FOV settings: ``params`` or keywords
-    width, height, hfov_deg, radius (see fov.FOVParams).
+    Candidates are ``bank.retrieval_ids(lineage_of)``: visible entries only (hidden ones are never retrieved);
+    ``lineage_of`` an entry id: only that entry and its ancestors (a turn that starts from an earlier turn); else
+    the bank's active branch when it has one. Returns the Selection (mode "nvs", best first; each item's details
+    hold iou and containment) and one row per candidate in bank order: entry_id, iou, containment, score, rank
+    (1-based or None) and, for entries that could not be scored (no camera, damaged), a ``skipped`` reason with
+    None scores. An empty bank gives an empty selection; ``top_k`` larger than the bank keeps every scored entry.
+    FOV settings: ``params`` or keywords width, height, hfov_deg, radius (see fov.FOVParams).
     """
-    ranking = rank_bank_by_fov(bank, target, top_k, lam, params, **fov_params)
+    ranking = rank_bank_by_fov(bank, target, top_k, lam, params, lineage_of=lineage_of, **fov_params)
     return ranking.selection, ranking.rows
 
 
