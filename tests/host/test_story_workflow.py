@@ -5,13 +5,19 @@ channels) with a tiny LoRA in StoryMem's PEFT release layout.
 Test adaptations of the shipped graph: tiny models, demo conditioning instead of umt5, the built-in colour histogram
 instead of CLIP Vision (no small CLIP exists), 16x16 pixels (the VAE dominates the time), 17 frames, 3 steps split 1 + 2 between the experts, a
 memory budget of 4 with a sink of 2 (so shot 4 needs the sink + window rule), and keyframe thresholds that keep
-3 keyframes per shot on noise frames (1.0: every frame counts as different, none as a duplicate).
+3 keyframes per shot on noise frames (1.0: every frame counts as different, none as a duplicate). Bad shots are
+refused by Story Conditioning before sampling.
+
+The last tests run Story Memory Select's relevance modes in ComfyUI's Python with stand-in CLIP models
+(story_scripts/memory_relevance.py): no real CLIP text/vision pair is small enough for a test.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +121,8 @@ def _frames(path: Path) -> tuple[int, int, int]:
 
 def test_every_shot_is_stored_with_its_story_fields_and_at_most_3_keyframes(story):
     bank = story["bank"]
+    for index, run in enumerate(story["runs"]):
+        assert f"story '{STORY}' shot {index} " in _text(run, story["prompt"], "Remember Shot")
     shots = story_shots(bank.entries(), STORY)
     assert [s.extra["shot_index"] for s in shots] == [0, 1, 2, 3]
     assert [s.extra["cut"] for s in shots] == [mode == "cut" for mode, _ in SHOTS]
@@ -163,8 +171,62 @@ def test_continued_shots_take_the_previous_shots_last_frames(story):
     assert "no aesthetic gate ran" in _text(runs[0], prompt, TITLES["keyframes"])
 
 
-def test_a_continued_first_shot_is_refused_before_sampling(host, story):
-    bad = shot_prompt(story["prompt"], 0, "MI2V", "a new story cannot continue")
-    bad[_one(bad, title=TITLES["story_id"])]["inputs"]["value"] = "another story"
-    with pytest.raises(comfy_host.PromptFailed, match="first shot"):
-        host.run(bad, timeout=300)
+def _refused(host, prompt: dict) -> str:
+    with pytest.raises(comfy_host.PromptFailed) as failed:
+        host.run(prompt, timeout=300)
+    error = next(p for kind, p in failed.value.result.messages if kind == "execution_error")
+    assert error["node_type"] == "MemV2V_StoryConditioning", error  # refused before any sampler ran
+    return error["exception_message"]
+
+
+def test_bad_shots_are_refused_before_sampling(host, story):
+    before = len(story["bank"].ids())
+    first = shot_prompt(story["prompt"], 0, "MI2V", "a new story cannot continue")
+    first[_one(first, title=TITLES["story_id"])]["inputs"]["value"] = "another story"
+    assert "this is the first shot of the story" in _refused(host, first)
+
+    over = shot_prompt(story["prompt"], 3, "MI2V", "too many memories")
+    over[_one(over, title=TITLES["mode"])]["inputs"]["max_memories"] = 2
+    assert f"{BUDGET} keyframes but max_memories is 2" in _refused(host, over)
+
+    t2v = shot_prompt(story["prompt"], 3, "MI2V", "a text-to-video expert")
+    t2v[_one(t2v, title="Load High-Noise Expert")]["inputs"]["unet_name"] = Path(host.assets["dit"]).name
+    assert "takes 16 channels for 16-channel latents, not 36" in _refused(host, t2v)
+    story["bank"].refresh()
+    assert len(story["bank"].ids()) == before
+
+
+# --- the CLIP glue of Story Memory Select, with stand-in CLIP models (no real CLIP is test-sized) ----------------
+@pytest.fixture(scope="module")
+def relevance(tmp_path_factory) -> dict:
+    script = Path(__file__).resolve().parent / "story_scripts" / "memory_relevance.py"
+    done = subprocess.run([sys.executable, str(script), "--tmp", str(tmp_path_factory.mktemp("story-relevance"))],
+                          cwd=comfy_host.find_comfyui()[0], env=comfy_host.subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"memory_relevance.py failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _best(scores: list[float], count: int, start: int = 0) -> list[int]:
+    return sorted(sorted(range(start, len(scores)), key=lambda i: -scores[i])[:count])
+
+
+def test_relevance_ranks_by_caption_and_last_shot_similarity(relevance):
+    reference, runs = relevance["reference"], relevance["runs"]
+    assert runs["relevance"]["indices"] == _best(reference, 3)
+    assert runs["relevance"]["scores"] == pytest.approx([reference[i] for i in runs["relevance"]["indices"]],
+                                                        abs=1e-3)
+    assert runs["hybrid"]["indices"] == [0, 1] + _best(reference, 2, start=2)
+    assert runs["hybrid"]["reasons"] == ["sink", "sink", "relevance", "relevance"]
+    assert runs["before_shot_2"]["indices"] == _best(relevance["reference_before_2"], 3)  # shots 0-1 only
+    assert runs["image_only"]["indices"] == _best(relevance["image_only"], 3)
+    assert "image similarity to the last shot's keyframes only (no clip connected)" in runs["image_only"]["table"]
+    assert relevance["crops"] == [False]  # whole frames squashed, as StoryMem's CLIP preprocessing
+    assert relevance["images_equal"]  # sink_window within budget: every stored keyframe, in story order
+
+
+def test_relevance_refuses_text_and_images_from_different_models(relevance):
+    errors = relevance["errors"]
+    assert "caption embedding has 7 values but the image embeddings have 6" in errors["wrong_dim"]
+    assert "no pooled CLIP embedding" in errors["no_pooled"]
+    assert "connect clip_vision" in errors["no_embedder"]
