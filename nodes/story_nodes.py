@@ -191,9 +191,9 @@ class StoryConditioning(io.ComfyNode):
                                tooltip="The memory: keyframes of earlier shots in story order (Story Memory Select). "
                                        "Each is stretched to the shot size and encoded alone. Empty or open: no "
                                        "memory (the first shot)."),
-                io.Image.Input("previous_frames", optional=True,
+                io.Image.Input("previous_frames", optional=True, lazy=True,
                                tooltip="The previous shot's last frames (Story Previous Shot): MI2V uses the last "
-                                       "one, MM2V the last 5. Ignored for a cut."),
+                                       "one, MM2V the last 5. Not evaluated for a cut (no decode)."),
                 io.Model.Input("model_low", optional=True,
                                tooltip="The low-noise expert (with its StoryMem LoRA); it gets the same RoPE shift."),
                 io.Float.Input("rope_gap", default=float(DEFAULT_GAP), min=0.5, max=100.0, step=0.5,
@@ -220,6 +220,11 @@ class StoryConditioning(io.ComfyNode):
                 io.Boolean.Output(display_name="cut", tooltip="True for a cut: Bank Add's cut input."),
             ],
         )
+
+    @classmethod
+    def check_lazy_status(cls, mode=None, previous_frames=None, **_) -> list[str]:
+        # a cut never looks at the previous shot, so Story Previous Shot (a VAE decode) does not run for it
+        return ["previous_frames"] if mode in SHOT_MODES[1:] and previous_frames is None else []
 
     @classmethod
     def execute(cls, model, positive, negative, vae, width: int, height: int, length: int, mode: str,
