@@ -8,8 +8,9 @@ memory budget of 4 with a sink of 2 (so shot 4 needs the sink + window rule), an
 3 keyframes per shot on noise frames (1.0: every frame counts as different, none as a duplicate). Bad shots are
 refused by Story Conditioning before sampling.
 
-The last tests run Story Memory Select's relevance modes in ComfyUI's Python with stand-in CLIP models
-(story_scripts/memory_relevance.py): no real CLIP text/vision pair is small enough for a test.
+The last tests run the nodes' glue in ComfyUI's Python (story_scripts/story_nodes_check.py): Story Conditioning gives
+exactly the official latents and mask from images for every mode, with and without memory, and refuses bad input;
+Story Memory Select's relevance modes rank by the rule with stand-in CLIP models (no real CLIP pair is test-sized).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def shot_prompt(prompt: dict, index: int, mode: str, text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def story(host, story_models):
+def story(host, story_models, checks_process):
     ui = json.loads(WORKFLOW.read_text())
     prompt = adapt_for_test(graph.ui_to_api(ui, host.object_info), story_models, Path(host.assets["vae"]).name)
     runs, seconds = [], []
@@ -196,15 +197,35 @@ def test_bad_shots_are_refused_before_sampling(host, story):
     assert len(story["bank"].ids()) == before
 
 
-# --- the CLIP glue of Story Memory Select, with stand-in CLIP models (no real CLIP is test-sized) ----------------
+# --- the nodes' glue in ComfyUI's Python (story_scripts/story_nodes_check.py; one process for both parts) ---------
 @pytest.fixture(scope="module")
-def relevance(tmp_path_factory) -> dict:
-    script = Path(__file__).resolve().parent / "story_scripts" / "memory_relevance.py"
-    done = subprocess.run([sys.executable, str(script), "--tmp", str(tmp_path_factory.mktemp("story-relevance"))],
-                          cwd=comfy_host.find_comfyui()[0], env=comfy_host.subprocess_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, f"memory_relevance.py failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def checks_process(host, tmp_path_factory):
+    """Started before the story runs, so the two overlap where there are cores for both."""
+    script = Path(__file__).resolve().parent / "story_scripts" / "story_nodes_check.py"
+    process = subprocess.Popen([sys.executable, str(script), "--tmp", str(tmp_path_factory.mktemp("story-nodes")),
+                                "--vae", host.assets["vae"]], cwd=host.server.comfyui, env=comfy_host.subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def checks(checks_process) -> dict:
+    stdout, stderr = checks_process.communicate(timeout=600)
+    assert checks_process.returncode == 0, f"story_nodes_check.py failed:\n{stdout[-4000:]}\n{stderr[-4000:]}"
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def relevance(checks) -> dict:
+    return checks["relevance"]
+
+
+@pytest.fixture(scope="module")
+def conditioning(checks) -> dict:
+    return checks["conditioning"]
 
 
 def _best(scores: list[float], count: int, start: int = 0) -> list[int]:
@@ -230,3 +251,25 @@ def test_relevance_refuses_text_and_images_from_different_models(relevance):
     assert "caption embedding has 7 values but the image embeddings have 6" in errors["wrong_dim"]
     assert "no pooled CLIP embedding" in errors["no_pooled"]
     assert "connect clip_vision" in errors["no_embedder"]
+
+
+def test_the_node_gives_the_official_latents_and_mask_for_every_mode(conditioning):
+    cases = conditioning["cases"]
+    assert sorted(cases) == sorted(f"{m}-{n}" for m in ("cut", "MI2V", "MM2V") for n in (0, 3))
+    for name, case in cases.items():
+        mode, memory = name.split("-")
+        assert case["latent_max_diff"] == 0.0 and case["mask_equal"] and case["same_on_both"], (name, case)
+        assert case["empty_shape"][2] == case["reference_frames"] == int(memory) + 3, (name, case)
+        assert (case["trim"], case["drop"], case["cut"]) == (int(memory), KEPT_FRAMES["cut"] - KEPT_FRAMES[mode],
+                                                             mode == "cut")
+        assert case["patched_both"]  # both experts carry the RoPE shift
+    assert conditioning["lazy"] == {"cut": [], "MI2V": ["previous_frames"], "MM2V": ["previous_frames"]}
+
+
+def test_the_node_names_the_input_and_the_fix(conditioning):
+    errors = conditioning["errors"]
+    assert "4 colour channels" in errors["rgba"] and "Drop the alpha channel" in errors["rgba"]
+    assert "3 keyframes but max_memories is 2" in errors["too_many"]
+    assert "has 3 frame(s) but MM2V continues from the last 5" in errors["short_previous"]
+    assert "first shot" in errors["first_shot"]
+    assert "48-channel latents" in errors["wan22_vae"] and "wan_2.1_vae" in errors["wan22_vae"]
