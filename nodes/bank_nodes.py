@@ -9,6 +9,7 @@ import functools
 import logging
 from datetime import datetime
 
+import torch
 from comfy_api.latest import io
 
 from ..memv2v_core.bank.memory_bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
@@ -16,6 +17,7 @@ from ..memv2v_core.bank.memory_bank import (BankFormatError, MemoryBank, NewerSc
 from ..memv2v_core.camera.trajectory import Trajectory
 from ..memv2v_core.bank.contact_sheet import LatentPreview, contact_sheet
 from ..memv2v_core.retrieval.fov import fov_mask
+from ..memv2v_core.story.shots import next_shot_index, story_extra
 from .paths import banks_root
 from .socket_types import Bank, Camera, Descriptor, Selection
 
@@ -168,6 +170,18 @@ class BankAdd(io.ComfyNode):
                                  tooltip="For long-video editing: the source segment's descriptor from Segment "
                                          "Retrieve, so later segments can find this one. It also fills "
                                          "segment_index and source_id when those are left empty."),
+                io.String.Input("story_id", default="", optional=True,
+                                tooltip="For multi-shot stories: the story this shot belongs to (empty: not a "
+                                        "story shot). Story Memory Select, Keyframe Select and Story Previous Shot "
+                                        "find the story's shots by it."),
+                io.Int.Input("shot_index", default=-1, min=-1, max=100_000, optional=True,
+                             tooltip="For stories: this shot's index (0 = the first shot; -1 = the next index after "
+                                     "the story's last stored shot). Storing a shot index again replaces that shot "
+                                     "for later shots."),
+                io.Boolean.Input("cut", default=True, optional=True,
+                                 tooltip="For stories: on if this shot starts fresh (a cut: conditioned on memory "
+                                         "only), off if it continues the previous shot (MI2V / MM2V). Connect Story "
+                                         "Conditioning's cut output."),
             ],
             outputs=[
                 Bank.Output(display_name="bank", tooltip="The same bank, now holding the new entry."),
@@ -178,7 +192,7 @@ class BankAdd(io.ComfyNode):
     @classmethod
     def execute(cls, bank: MemoryBank, samples: dict, camera=None, prompt: str = "", segment_index: int = -1,
                 source_id: str = "", parents=None, model=None, keyframes=None, seed: int = -1,
-                descriptor=None) -> io.NodeOutput:
+                descriptor=None, story_id: str = "", shot_index: int = -1, cut: bool = True) -> io.NodeOutput:
         if not isinstance(samples, dict) or not hasattr(samples.get("samples"), "shape"):
             raise ValueError("samples: expected a LATENT (a dict holding a 'samples' tensor); connect a sampler's "
                              "or VAE Encode's LATENT output")
@@ -200,6 +214,15 @@ class BankAdd(io.ComfyNode):
             if segment_index < 0 and descriptor.segment_index is not None:
                 segment_index = descriptor.segment_index
             source_id = source_id or descriptor.source_id or ""
+        if isinstance(keyframes, torch.Tensor) and keyframes.ndim == 4 and keyframes.shape[0] == 0:
+            keyframes = None  # Keyframe Select found none worth keeping (all near-duplicates): store the shot alone
+        if story_id.strip():
+            if shot_index < 0:
+                shot_index = next_shot_index(bank.entries(), story_id)
+            extra = {**(extra or {}), **story_extra(story_id, shot_index, cut)}
+        elif shot_index >= 0:
+            raise ValueError(f"story_id: empty, but shot_index is {shot_index}; give the story's id, or set "
+                             "shot_index to -1 for an entry that is not a story shot.")
         before = len(bank)
         try:
             entry_id = bank.add(
@@ -216,6 +239,10 @@ class BankAdd(io.ComfyNode):
             text = f"added {entry_id} to '{bank.name}' as turn {entry.turn} ({shape}); {len(bank)} entries"
         else:
             text = f"already in '{bank.name}' as {entry_id} (turn {entry.turn}); not stored twice"
+        if story_id.strip():
+            kept = entry.shapes.get("keyframes", (0,))[0]
+            text += (f"\nstory '{story_id.strip()}' shot {shot_index} ({'cut' if cut else 'continues'}), "
+                     f"{kept} keyframe{'s' if kept != 1 else ''}")
         return io.NodeOutput(bank, entry_id, ui={"text": [text]})
 
 
@@ -223,7 +250,7 @@ class BankAdd(io.ComfyNode):
 _INPUT_OF_FIELD = {"latent": "samples", "latent_format": "samples/model", "camera": "camera", "intrinsics": "camera",
                    "keyframes": "keyframes", "prompt": "prompt", "segment_index": "segment_index",
                    "source_id": "source_id", "parents": "parents", "seed": "seed", "model": "model",
-                   "descriptor": "descriptor", "fov_mask": "camera"}
+                   "descriptor": "descriptor", "fov_mask": "camera", "extra": "story_id"}
 
 
 def _input_for(message: str) -> str:

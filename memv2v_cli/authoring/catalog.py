@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import specs_edit, specs_nvs, specs_turns
+from . import specs_edit, specs_nvs, specs_story, specs_turns
 
-SPECS = [*specs_turns.specs(), *specs_nvs.specs(), *specs_edit.specs()]
+SPECS = [*specs_turns.specs(), *specs_nvs.specs(), *specs_edit.specs(), *specs_story.specs()]

@@ -12,10 +12,12 @@ The two contract functions feed ComfyUI's own Wan 2.2 I2V model (with the StoryM
 
 Around them: ``select_keyframes`` (which frames of a finished shot enter the memory), ``select_memories`` and
 ``relevance_scores`` (which stored keyframes condition the next shot), ``parse_story_script`` (StoryMem's JSON
-scripts as a flat list of shots with their modes).
+scripts as a flat list of shots with their modes), ``story_shots`` / ``story_extra`` (a story's shots in the memory
+bank: one entry per shot, marked in its ``extra``).
 """
 
 from .conditioning import CONDITION_PIXEL_FRAMES, given_latent_frames, story_temporal_ids, storymem_inputs
 from .keyframes import KeyframeSelection, select_keyframes
 from .memory_select import MEMORY_MODES, MemorySelection, relevance_scores, select_memories
 from .script import SHOT_MODES, StoryScript, StoryScriptError, StoryShot, parse_story_script
+from .shots import next_shot_index, shot_of, story_extra, story_shots

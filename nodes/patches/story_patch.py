@@ -20,16 +20,12 @@ import torch
 import comfy.ldm.wan.model as wan_model
 import comfy.patcher_extension
 
+from ...memv2v_core.story.conditioning import story_temporal_ids  # the one definition of the ids (re-exported here)
+
 log = logging.getLogger(__name__)
 
 WRAPPER_KEY = "memv2v.story_rope"  # distinct from memory_patch's "memv2v.memory": both wrappers compose
 DEFAULT_GAP = 5  # StoryMem's MEMORY_ROPE_SHIFT
-
-
-def story_temporal_ids(memory_frames: int, shot_frames: int, gap: float = DEFAULT_GAP) -> torch.Tensor:
-    """``cat(arange(-M*S, 0, S), arange(0, f))`` as float32: memories in bank order, the shot from 0."""
-    memory = (torch.arange(memory_frames, dtype=torch.float64) - memory_frames) * gap
-    return torch.cat([memory, torch.arange(shot_frames, dtype=torch.float64)]).float()
 
 
 def story_rope_ids(memory_frames: int, frames: int, height: int, width: int, gap: float = DEFAULT_GAP,
