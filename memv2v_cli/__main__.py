@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from . import runner
+from . import runner, story_runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,14 +17,32 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--turns", type=int, default=1, help="how many times to queue the workflow (default 1)")
     run.add_argument("--set", action="append", default=[], metavar="NODE.input=v1,v2,...",
                      help="set a widget per turn (NODE: node id or title; values cycle over turns); repeatable")
-    run.add_argument("--url", help="use a running ComfyUI (e.g. http://127.0.0.1:8188) instead of starting one")
-    run.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_PATH, ~/comfy/ComfyUI, or the one holding the pack)")
-    run.add_argument("--demo", action="store_true",
-                     help="force demo mode: tiny random models on a private ComfyUI (outputs are noise)")
     run.add_argument("--base-dir", help="base directory for the demo ComfyUI (default: a new temporary folder)")
     run.add_argument("--fixed-seed", action="store_true", help="keep seeds as saved (default: seed + turn index)")
+    story = commands.add_parser("story", help="run a whole StoryMem story script, shot by shot",
+                                description=story_runner.__doc__)
+    story.add_argument("script", help="a story script in StoryMem's format (story_name, scenes[].video_prompts, "
+                                      "scenes[].cut)")
+    story.add_argument("--story-id", help="the story's id in the bank (default: from story_name or the file name)")
+    story.add_argument("--bank", default="my_stories", help="the memory bank that holds the story (default my_stories)")
+    story.add_argument("--continuation", choices=("MI2V", "MM2V", "none"), default="MI2V",
+                       help="what a shot with cut=false becomes: MI2V (last frame), MM2V (last 5 frames; load the "
+                            "MM2V LoRA in the workflow) or none (memory only); default MI2V")
+    story.add_argument("--seed", type=int, default=42, help="seed of the first shot; shot i uses seed + i (default 42)")
+    story.add_argument("--out", help="folder for shot_NNN.mp4 and story.mp4 (default ./memv2v_story_<story id>)")
+    story.add_argument("--timeout", type=float, default=3600, help="seconds one shot may take (default 3600)")
+    for sub in (run, story):
+        sub.add_argument("--url", help="use a running ComfyUI (e.g. http://127.0.0.1:8188) instead of starting one")
+        sub.add_argument("--comfyui",
+                         help="the ComfyUI folder (default: $COMFYUI_PATH, ~/comfy/ComfyUI, or the one holding the pack)")
+        sub.add_argument("--demo", action="store_true",
+                         help="force demo mode: tiny random models on a private ComfyUI (outputs are noise)")
+    story.add_argument("--base-dir", help="base directory for the demo ComfyUI (default: <out>/demo-comfyui, so a "
+                                          "demo story resumes too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "story":
+        return story_runner.run_story(args)
     if args.turns < 1:
         parser.error("--turns must be at least 1")
     return runner.run(args)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import graph
 from .demo import setup as demo_setup
@@ -38,6 +39,11 @@ DEMO_SIZES = {
     "ImageFromBatch": {"length": 5},
     "MemV2V_CameraPreset": {"frames": 5},
 }
+# Demo stories: 16x16 px, 17 frames, 3 steps (1 on the high-noise expert), the tiny LoRA's rank.
+DEMO_STORY_VALUES = {"Steps": 3, "Expert Switch Step": 1}
+STORY_ASSETS = ("--with", "i2v_high", "--with", "i2v_low", "--with", "storymem_lora")
+STORYMEM_DEMO_RANK = 4
+DEMO_EMBEDDER = "(fallback) colour histogram - no weights, not an image encoder"
 # The demo video lives in this folder of the demo asset cache, and the tiny ReCamMaster-layout checkpoint next to it.
 DEMO_CAMERA_CHECKPOINT = "recammaster_ckpt"
 BANNER = ("DEMO MODE: tiny randomly initialised models on a private ComfyUI; the pictures are noise by design. "
@@ -114,7 +120,37 @@ def to_demo(prompt: dict, assets: dict[str, str]) -> dict:
     used = {ref[0] for node in prompt.values() for ref in node["inputs"].values() if graph_link(ref)}
     for node_id in [i for i, n in prompt.items() if n["class_type"] == "CLIPLoader" and i not in used]:
         del prompt[node_id]
+    if any(n["class_type"] == "MemV2V_StoryConditioning" for n in prompt.values()):
+        _story_to_demo(prompt, assets)
     return prompt
+
+
+def _story_to_demo(prompt: dict, assets: dict[str, str]) -> None:
+    """The story workflow's parts demo mode must swap besides the generic ones: the two Wan 2.2 I2V experts and the
+    StoryMem LoRA for their tiny layouts, CLIP Vision for the colour-histogram fallback (no test-sized CLIP exists),
+    and the titled step counts."""
+    for node_id, node in list(prompt.items()):
+        kind, inputs, title = node["class_type"], node["inputs"], node.get("_meta", {}).get("title", "")
+        if kind == "UNETLoader":
+            expert = assets["i2v_low"] if "low" in title.lower() else assets["i2v_high"]
+            inputs.update(unet_name=Path(expert).name, weight_dtype="default")
+        elif kind == "MemV2V_StoryMemLoraLoader":
+            inputs.update(lora_name=Path(assets["storymem_lora"]).name, rank=STORYMEM_DEMO_RANK,
+                          alpha=float(STORYMEM_DEMO_RANK))
+        elif kind == "CLIPVisionLoader":
+            prompt[node_id] = {"class_type": "MemV2V_EmbedderLoad", "_meta": {"title": "Demo: colour histogram"},
+                               "inputs": {"file": DEMO_EMBEDDER, "architecture": "ViT-B-32"}}
+        elif kind == "PrimitiveInt" and title in DEMO_STORY_VALUES:
+            inputs["value"] = DEMO_STORY_VALUES[title]
+        elif kind == "MemV2V_StoryConditioning":
+            inputs.update(width=16, height=16, length=17)
+        elif kind == "ImageFromBatch" and graph_link(inputs.get("batch_index")):
+            inputs["length"] = 4096  # drops the condition frames only: the rest of the shot stays
+    vision = {i for i, n in prompt.items() if n["class_type"] == "MemV2V_EmbedderLoad"}
+    for node in prompt.values():
+        link = node["inputs"].get("clip_vision")
+        if graph_link(link) and link[0] in vision:
+            node["inputs"]["embedder"] = node["inputs"].pop("clip_vision")
 
 
 def graph_link(value: Any) -> bool:
@@ -154,19 +190,19 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
         for node_id, name, values in settings:
             value = values[turn % len(values)]
             graph.set_input(turn_prompt, node_id, name, value)
-            changes.append(f"{_title(turn_prompt, node_id)}.{name}={value}")
+            changes.append(f"{node_title(turn_prompt, node_id)}.{name}={value}")
         if vary_seed:
             for node_id, node in turn_prompt.items():
                 for name in SEED_INPUTS & node["inputs"].keys():
                     if not graph_link(node["inputs"][name]):
                         node["inputs"][name] += turn
         out(f"=== turn {turn + 1}/{turns}" + (f" ({', '.join(changes)})" if changes else ""))
-        result = client.run(turn_prompt, timeout=timeout, on_message=_progress_printer(turn_prompt, out))
+        result = client.run(turn_prompt, timeout=timeout, on_message=progress_printer(turn_prompt, out))
         report = TurnReport(turn + 1, result.prompt_id, result.seconds)
         for node_id, ui in result.outputs.items():
             texts = [t for t in ui.get("text", []) if isinstance(t, str)]
             if texts:
-                report.node_texts[f"{_title(turn_prompt, node_id)} (#{node_id})"] = texts
+                report.node_texts[f"{node_title(turn_prompt, node_id)} (#{node_id})"] = texts
         report.files = result.output_files()
         for label, texts in report.node_texts.items():
             out(f"  {label}:")
@@ -179,15 +215,15 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
     return reports
 
 
-def _title(prompt: dict, node_id: str) -> str:
+def node_title(prompt: dict, node_id: str) -> str:
     node = prompt[node_id]
     return node.get("_meta", {}).get("title") or node["class_type"]
 
 
-def _progress_printer(prompt: dict, out: Callable[[str], None]) -> Callable[[str, dict], None]:
+def progress_printer(prompt: dict, out: Callable[[str], None]) -> Callable[[str, dict], None]:
     def on_message(kind: str, data: dict) -> None:
         if kind == "executing" and data.get("node") in prompt:
-            out(f"  running {_title(prompt, data['node'])} (#{data['node']})")
+            out(f"  running {node_title(prompt, data['node'])} (#{data['node']})")
         elif kind == "progress" and data.get("value") in (1, data.get("max")) or (
                 kind == "progress" and data.get("max", 0) >= 10 and data.get("value", 0) % max(1, data["max"] // 5) == 0):
             out(f"    step {data['value']}/{data['max']}")
@@ -200,15 +236,28 @@ def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None
     """A private ComfyUI with this pack, the demo pack, the demo models and checkpoints (built once, cached)."""
     cache = Path.home() / ".cache" / "memv2v" / "demo-assets" / comfy_host.comfyui_version(comfyui)
     out(f"building demo models in {cache} (first run only)")
-    assets = demo_setup.build_assets("demo.models", comfyui, cache)
+    assets = demo_setup.build_assets("demo.models", comfyui, cache, *STORY_ASSETS)
     assets.update(demo_setup.build_assets("demo.checkpoints", comfyui, cache))
     checkpoints = ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors")
-    return demo_setup.private_server(comfyui, base_dir, assets, ("dit", *checkpoints)), assets
+    server = demo_setup.private_server(comfyui, base_dir, assets, ("dit", "i2v_high", "i2v_low", *checkpoints))
+    server.add_model("loras", Path(assets["storymem_lora"]))
+    return server, assets
 
 
-def run(args, out: Callable[[str], None] = print) -> int:
-    """The ``run`` command (see ``python -m memv2v_cli run --help``)."""
-    workflow = resolve_workflow(args.workflow)
+@dataclass
+class Session:
+    """A ComfyUI ready for a workflow: the client, the workflow's API prompt (demo-adapted in demo mode) and the
+    server's output folder when it is on this machine (None for ``--url``)."""
+
+    client: comfy_host.ComfyClient
+    prompt: dict
+    output_dir: Path | None
+    demo: bool = False
+
+
+@contextmanager
+def open_session(workflow: Path, args, out: Callable[[str], None] = print) -> Iterator[Session]:
+    """The ComfyUI a command runs on: ``--url``, else the user's installation with its models, else demo mode."""
     if args.url:
         if args.demo:
             raise SystemExit("--demo starts its own private ComfyUI with tiny models; it cannot be combined with --url")
@@ -219,52 +268,50 @@ def run(args, out: Callable[[str], None] = print) -> int:
         if missing:
             raise SystemExit(f"the server at {args.url} lacks these models: {', '.join(missing)}. "
                              "Put them in ComfyUI's models folders (see the README), or run with --demo.")
-        return _report(run_turns(client, prompt, args.turns, parse_settings(args.set, prompt),
-                                 vary_seed=not args.fixed_seed, out=out), out)
+        yield Session(client, prompt, None)
+        return
 
     comfyui, where = comfy_host.find_comfyui(args.comfyui)
     if comfyui is None:
         raise SystemExit(where)
     out(where)
-    if not args.demo:
-        reports = _run_on_installation(comfyui, workflow, args, out)
-        if reports is not None:
-            return _report(reports, out)
+    if not args.demo and pack_installed(comfyui):
+        server = comfy_host.ComfyServer(comfyui, comfyui,
+                                        log_path=Path(tempfile.mkdtemp(prefix="memv2v-run-")) / "comfyui.log")
+        out(f"starting ComfyUI on {server.url} (log: {server.log_path})")
+        with server:
+            client = server.client()
+            object_info = client.object_info()
+            prompt = load_api_prompt(workflow, object_info)
+            missing = missing_models(prompt, object_info)
+            if not missing:
+                yield Session(client, prompt, server.output_dir)
+                out(f"outputs are under {server.output_dir}")
+                return
+            out(f"no models for this workflow ({', '.join(missing)}): switching to demo mode. "
+                "Put the models in ComfyUI's models folders (see the README) to get real results.")
+    elif not args.demo:
+        out(f"this pack is not installed in {comfyui / 'custom_nodes'}, so that ComfyUI cannot run the workflow: "
+            "switching to demo mode (install the pack there to use your own models)")
     base_dir = Path(args.base_dir) if args.base_dir else Path(tempfile.mkdtemp(prefix="memv2v-demo-"))
     server, assets = prepare_demo_server(comfyui, base_dir, out)
     out(BANNER)
     out(f"starting a private ComfyUI on {server.url} (base directory {server.base_dir})")
     with server:
         client = server.client()
-        prompt = to_demo(load_api_prompt(workflow, client.object_info()), assets)
-        reports = run_turns(client, prompt, args.turns, parse_settings(args.set, prompt),
-                            vary_seed=not args.fixed_seed, out=out)
+        yield Session(client, to_demo(load_api_prompt(workflow, client.object_info()), assets), server.output_dir,
+                      demo=True)
     out(f"outputs are under {server.output_dir}")
     out(BANNER)
-    return _report(reports, out)
 
 
-def _run_on_installation(comfyui: Path, workflow: Path, args, out) -> list[TurnReport] | None:
-    """Run on the user's ComfyUI as installed (its models, its custom_nodes); None when demo mode must take over."""
-    if not pack_installed(comfyui):
-        out(f"this pack is not installed in {comfyui / 'custom_nodes'}, so that ComfyUI cannot run the workflow: "
-            "switching to demo mode (install the pack there to use your own models)")
-        return None
-    server = comfy_host.ComfyServer(comfyui, comfyui, log_path=Path(tempfile.mkdtemp(prefix="memv2v-run-")) / "comfyui.log")
-    out(f"starting ComfyUI on {server.url} (log: {server.log_path})")
-    with server:
-        client = server.client()
-        object_info = client.object_info()
-        prompt = load_api_prompt(workflow, object_info)
-        missing = missing_models(prompt, object_info)
-        if missing:
-            out(f"no models for this workflow ({', '.join(missing)}): switching to demo mode. "
-                "Put the models in ComfyUI's models folders (see the README) to get real results.")
-            return None
-        reports = run_turns(client, prompt, args.turns, parse_settings(args.set, prompt),
+def run(args, out: Callable[[str], None] = print) -> int:
+    """The ``run`` command (see ``python -m memv2v_cli run --help``)."""
+    workflow = resolve_workflow(args.workflow)
+    with open_session(workflow, args, out) as session:
+        reports = run_turns(session.client, session.prompt, args.turns, parse_settings(args.set, session.prompt),
                             vary_seed=not args.fixed_seed, out=out)
-    out(f"outputs are under {server.output_dir}")
-    return reports
+    return _report(reports, out)
 
 
 def pack_installed(comfyui: Path) -> bool:

@@ -26,6 +26,7 @@ from ..memv2v_core.bank.memory_bank import (BankFormatError, BankStateError, Dam
                                             MemoryBank, UnknownEntryError, safe_bank_dir, validate_bank_name,
                                             validate_entry_id)
 from ..memv2v_core.bank.records import MANIFEST_NAME
+from ..memv2v_core.story.shots import shot_of
 from .paths import banks_root
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,13 @@ def entry_json(bank: MemoryBank, entry) -> dict:
             "camera": camera_name(entry.extra),
             "camera_frames": entry.shapes["camera"][0] if "camera" in entry.shapes else None,
             "latent_format": entry.latent_format, "latent_shape": list(entry.latent_shape),
-            "keyframes": entry.has("keyframes"), "model": entry.model, "sampler": entry.sampler}
+            "keyframes": entry.has("keyframes"), "model": entry.model, "sampler": entry.sampler,
+            "story": _story_fields(entry)}
+
+
+def _story_fields(entry) -> dict | None:
+    shot = shot_of(entry)
+    return None if shot is None else {"story_id": shot[0], "shot_index": shot[1], "cut": shot[2]}
 
 
 def bank_summary(bank: MemoryBank) -> dict:
