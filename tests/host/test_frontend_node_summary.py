@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from memv2v_cli.authoring.builder import WorkflowSpec, api_to_ui
 from host_prompts import tiny_sampler_nodes
+from memv2v_core.bank.memory_bank import MemoryBank
+from memv2v_core.camera.presets import preset_trajectory
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path("/tmp/browser-shots")
@@ -30,9 +33,19 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
                 "--disable-component-update", "--disable-sync"]
 
 
+def fill_bank(host, name: str) -> None:
+    """Three stored turns with cameras, so FOV Retrieve's summary is a table of several long lines."""
+    bank = MemoryBank.open(host.server.output_dir / "memory_banks" / name, create=True)
+    generator = torch.Generator().manual_seed(3)
+    for preset in ("pan_left", "pan_right", "arc_right"):
+        trajectory = preset_trajectory(preset, frames=5)
+        bank.add(torch.randn(1, 16, 2, 4, 4, generator=generator), latent_format="wan21", camera=trajectory.c2w,
+                 intrinsics=trajectory.intrinsics, prompt=f"a long prompt for the {preset} turn of this scene")
+
+
 def summary_graph(object_info: dict, dit: str) -> dict:
-    """Camera Preset and FOV Retrieve on an empty bank, plus a tiny sampler whose latent Bank Add stores in another
-    bank (so retrieval stays empty whatever order the nodes run in)."""
+    """Camera Preset and FOV Retrieve on a bank of three turns, plus a tiny sampler whose latent Bank Add stores in
+    another bank (so what FOV Retrieve sees does not depend on the order the nodes run in)."""
     prompt = tiny_sampler_nodes(dit, seed=3)
     prompt.update({
         "7": {"class_type": "MemV2V_CameraPreset", "_meta": {"title": "Camera Preset"},
@@ -102,6 +115,7 @@ def shoot(page, tmp_path: Path, name: str) -> None:
 
 
 def test_node_summaries_appear_on_the_nodes_fit_them_and_survive_a_reload(host, playwright_api, tmp_path):
+    fill_bank(host, "frontend_test")
     workflow = summary_graph(host.object_info, Path(host.assets["dit"]).name)
     ids = {node["title"] if "title" in node else node["type"]: node["id"] for node in workflow["nodes"]}
     errors = []
@@ -133,7 +147,7 @@ def test_node_summaries_appear_on_the_nodes_fit_them_and_survive_a_reload(host, 
     assert not [error for error in errors if "memv2v" in error or "memory-v2v" in error], errors
     camera, retrieve, add = (summaries[t]["value"] for t in ("Camera Preset", "FOV Retrieve", "Bank Add"))
     assert "pan_right" in camera, camera
-    assert "nothing to retrieve" in retrieve, retrieve  # the bank is empty: the table says so
+    assert len(retrieve.splitlines()) == 4 and "a long prompt for the pan_right turn" in retrieve, retrieve
     assert "added" in add and "'frontend_adds'" in add, add
     assert_fits(summaries)
     assert {t: s["value"] for t, s in restored.items()} == {t: s["value"] for t, s in summaries.items()}
