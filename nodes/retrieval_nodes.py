@@ -53,7 +53,11 @@ class FOVRetrieve(io.ComfyNode):
         table = format_score_table(rows, {row["entry_id"]: bank.entry(row["entry_id"]).prompt for row in rows})
         scope = bank.retrieval_scope()
         table += f"\n({scope})" if scope else ""  # say why entries the artist remembers are not listed
-        return io.NodeOutput(selection, table, ui={"text": [table]})
+        # For the bank browser (web/bank_browser.js): what this run retrieved, by full id, without parsing the table.
+        retrieved = {"bank": bank.name, "node": "FOV Retrieve",
+                     "entries": [{"id": row["entry_id"], "rank": row["rank"], "score": row["score"]}
+                                 for row in rows if row["rank"] is not None]}
+        return io.NodeOutput(selection, table, ui={"text": [table], "memv2v_retrieved": [retrieved]})
 
 
 NODES = [FOVRetrieve]
