@@ -151,6 +151,13 @@ def _input_types(class_type: str) -> dict[str, str] | None:
     return types
 
 
+def _as_queued(api_prompt: dict) -> dict:
+    """The prompt as it was queued: ComfyUI's cache writes its own ``is_changed`` keys into the same dict while the
+    prompt runs (fingerprints, possibly NaN), which are not part of the graph."""
+    return {node_id: {k: v for k, v in node.items() if k != "is_changed"} if isinstance(node, dict) else node
+            for node_id, node in api_prompt.items()}
+
+
 @dataclass
 class _Recorded:
     """What Bank Add records about the run: seed, prompt, sampler and provenance, the run itself, and a summary."""
@@ -171,6 +178,7 @@ def _from_graph(bank: MemoryBank, seed: int, prompt: str, api_prompt, node_id, e
     if not isinstance(api_prompt, dict) or node_id is None:  # called outside a queued prompt (e.g. from Python)
         return _Recorded(given_seed, given_prompt or "", {}, None, None, [])
     node_id = str(node_id)
+    api_prompt = _as_queued(api_prompt)
     found = run_provenance(api_prompt, node_id, "samples", _input_types)
     provenance = {"source": "graph", "node": node_id, "models": found.models}
     lines, overrides = [], {}
