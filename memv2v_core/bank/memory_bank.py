@@ -25,7 +25,8 @@ from .inputs import (LATENT_CHANNELS, check_latent_format, latent_format_for_cha
                           prepare_entry, run_text, safe_bank_dir, tensor_input, validate_bank_name,
                           validate_branch_name, validate_entry_id)
 from .records import (CACHE_DIR, CACHE_FORMAT, ENTRIES_DIR, FORMAT_NAME, LOCK_NAME, MANIFEST_NAME, RUN_KEY,
-                           SCHEMA_VERSION, TENSOR_NAMES, TMP_DIR, BankFormatError, BankState, BankStateError, DamagedEntryError,
+                           SCHEMA_VERSION, TENSOR_NAMES, TMP_DIR, BankFormatError, BankState, BankStateError,
+                           DamagedEntryError,
                            MemoryEntry, NewerSchemaError, RecordError, UnknownEntryError, bank_state,
                            check_entry_file, check_entry_header, compare_file_to_record, content_hash, data_sha256,
                            entry_from_record, entry_metadata, manifest_bytes, now_iso, parse_manifest, record_line,
