@@ -239,7 +239,10 @@ def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None
     assets = demo_setup.build_assets("demo.models", comfyui, cache, *STORY_ASSETS)
     assets.update(demo_setup.build_assets("demo.checkpoints", comfyui, cache))
     checkpoints = ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors")
-    server = demo_setup.private_server(comfyui, base_dir, assets, ("dit", "i2v_high", "i2v_low", *checkpoints))
+    # PyTorch's attention on the CPU is deterministic; ComfyUI's default there chunks by free memory at call time,
+    # so a turn replayed later (python -m memv2v_cli replay) could differ in the last bits.
+    server = demo_setup.private_server(comfyui, base_dir, assets, ("dit", "i2v_high", "i2v_low", *checkpoints),
+                                       extra_args=("--use-pytorch-cross-attention",))
     server.add_model("loras", Path(assets["storymem_lora"]))
     return server, assets
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 import torch
@@ -16,6 +17,8 @@ from ..memv2v_core.bank.memory_bank import (BankFormatError, MemoryBank, NewerSc
                                 latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
 from ..memv2v_core.camera.trajectory import Trajectory
 from ..memv2v_core.bank.contact_sheet import LatentPreview, contact_sheet
+from ..memv2v_core.bank.inputs import run_text
+from ..memv2v_core.bank.provenance import run_provenance
 from ..memv2v_core.retrieval.fov import fov_mask
 from ..memv2v_core.story.shots import next_shot_index, story_extra
 from .paths import banks_root
@@ -131,6 +134,88 @@ def _model_identity(model) -> str | None:
     return f"{type(config or inner).__name__}({details})"
 
 
+@functools.lru_cache(maxsize=1024)
+def _input_types(class_type: str) -> dict[str, str] | None:
+    """{input name: socket type} of a registered node class (combos as "COMBO"), for the provenance walk."""
+    import nodes as comfy_nodes
+
+    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
+    if node_class is None:
+        return None
+    info = node_class.INPUT_TYPES()
+    types = {}
+    for section in ("required", "optional"):
+        for name, spec in (info.get(section) or {}).items():
+            kind = spec[0] if isinstance(spec, (list, tuple)) and spec else None
+            types[name] = kind if isinstance(kind, str) else "COMBO"
+    return types
+
+
+def _as_queued(api_prompt: dict) -> dict:
+    """The prompt as it was queued: ComfyUI's cache writes its own ``is_changed`` keys into the same dict while the
+    prompt runs (fingerprints, possibly NaN), which are not part of the graph."""
+    return {node_id: {k: v for k, v in node.items() if k != "is_changed"} if isinstance(node, dict) else node
+            for node_id, node in api_prompt.items()}
+
+
+@dataclass
+class _Recorded:
+    """What Bank Add records about the run: seed, prompt, sampler and provenance, the run itself, and a summary."""
+
+    seed: int | None
+    prompt: str
+    sampler: dict
+    provenance: dict | None
+    run: dict | None
+    lines: list
+
+
+def _from_graph(bank: MemoryBank, seed: int, prompt: str, api_prompt, node_id, extra_pnginfo) -> _Recorded:
+    """Seed, prompt text and sampler settings as the graph's sampler used them (the widgets override only when set:
+    seed >= 0, prompt not empty), the model files, and the run (the exact API prompt and the UI workflow)."""
+    given_seed = None if seed is None or seed < 0 else seed
+    given_prompt = prompt if isinstance(prompt, str) and prompt.strip() else None
+    if not isinstance(api_prompt, dict) or node_id is None:  # called outside a queued prompt (e.g. from Python)
+        return _Recorded(given_seed, given_prompt or "", {}, None, None, [])
+    node_id = str(node_id)
+    api_prompt = _as_queued(api_prompt)
+    found = run_provenance(api_prompt, node_id, "samples", _input_types)
+    provenance = {"source": "graph", "node": node_id, "models": found.models}
+    lines, overrides = [], {}
+    for name, given, graph_value in (("seed", given_seed, found.seed), ("prompt", given_prompt, found.prompt)):
+        if given is not None and graph_value is not None and given != graph_value:
+            overrides[name] = graph_value
+            shown = graph_value if name == "seed" else repr(graph_value[:40])
+            lines.append(f"warning: the {name} widget overrides the sampler's {name} {shown}; set it to "
+                         f"{'-1' if name == 'seed' else 'empty'} to record what the sampler used")
+            logger.warning("Memory-V2V Bank Add #%s: %s", node_id, lines[-1])
+    if overrides:
+        provenance["overrides"] = overrides
+    if found.notes:
+        provenance["notes"] = found.notes
+    stages = found.sampler.get("stages", [])
+    if stages:
+        last = stages[-1]
+        settings = "/".join(str(last.get(k)) for k in ("sampler_name", "scheduler") if last.get(k) is not None)
+        names = ", ".join(f"{stage['class_type']} #{stage['node']}" for stage in stages)
+        used = given_seed if given_seed is not None else found.seed
+        lines.insert(0, f"seed {used if used is not None else '(not readable)'} from {names}"
+                        + (f" ({last.get('steps')} steps, {settings})" if settings else ""))
+    elif found.notes:
+        lines.append(f"provenance: {found.notes[-1]}")
+    workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
+    full = {"prompt": api_prompt, "workflow": workflow, "node": node_id, "retrieval_ids": bank.retrieval_ids()}
+    for run in (full, {**full, "workflow": None}, None):  # too large for the entry file's header: keep what fits
+        try:
+            run_text(run)
+            break
+        except ValueError as error:
+            lines.append(f"warning: {error}; {'the UI workflow' if run is full else 'the run'} is not stored")
+    return _Recorded(given_seed if given_seed is not None else found.seed,
+                     given_prompt if given_prompt is not None else found.prompt or "",
+                     found.sampler, provenance, run, lines)
+
+
 class BankAdd(io.ComfyNode):
     """Store a generated latent (with its camera, prompt and provenance) in the bank; saved before it returns."""
 
@@ -140,17 +225,21 @@ class BankAdd(io.ComfyNode):
             node_id="MemV2V_BankAdd",
             display_name="Memory-V2V Bank Add",
             category=CATEGORY,
-            description="Adds this turn's result to the memory bank: the latent, its camera trajectory, prompt, "
-                        "seed and the entries it was made from. The entry is safely on disk when the node finishes. "
-                        "Adding the same result twice stores it once.",
+            description="Adds this turn's result to the memory bank: the latent, its camera trajectory and the "
+                        "entries it was made from, with what really produced it, read from the queued graph: the "
+                        "sampler's seed and settings, the prompt text, the model files and the whole workflow, so "
+                        "the turn can be replayed. The entry is safely on disk when the node finishes. Adding the "
+                        "same result twice stores it once.",
             is_output_node=True,
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo],
             inputs=[
                 Bank.Input("bank", tooltip="The memory bank to add to (from Memory-V2V Bank Load)."),
                 io.Latent.Input("samples", tooltip="The generated latent to remember (e.g. the sampler's output)."),
                 Camera.Input("camera", optional=True,
                              tooltip="The camera trajectory the latent was generated with; FOV retrieval needs it."),
                 io.String.Input("prompt", default="", multiline=True, optional=True,
-                                tooltip="The prompt or edit instruction of this turn, kept for auditing."),
+                                tooltip="Leave empty: the prompt text the sampler was conditioned on is read from "
+                                        "the graph. Text here is recorded instead (an override)."),
                 io.Int.Input("segment_index", default=-1, min=-1, max=1_000_000, optional=True,
                              tooltip="For long-video editing: which source segment this is (-1: not a segment)."),
                 io.String.Input("source_id", default="", optional=True,
@@ -165,7 +254,8 @@ class BankAdd(io.ComfyNode):
                                tooltip="Optional keyframes of the result (IMAGE); kept for keyframe memory and "
                                        "shown by Bank Inspect."),
                 io.Int.Input("seed", default=-1, min=-1, max=0xFFFFFFFFFFFFFFFF, optional=True,
-                             tooltip="The sampler's seed, to replay this turn later (-1: not recorded)."),
+                             tooltip="Leave at -1: the seed the sampler used is read from the graph. A value of 0 "
+                                     "or more is recorded instead (an override)."),
                 Descriptor.Input("descriptor", optional=True,
                                  tooltip="For long-video editing: the source segment's descriptor from Segment "
                                          "Retrieve, so later segments can find this one. It also fills "
@@ -223,14 +313,18 @@ class BankAdd(io.ComfyNode):
         elif shot_index >= 0:
             raise ValueError(f"story_id: empty, but shot_index is {shot_index}; give the story's id, or set "
                              "shot_index to -1 for an entry that is not a story shot.")
+        hidden = getattr(cls, "hidden", None)
+        recorded = _from_graph(bank, seed, prompt, getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None),
+                               getattr(hidden, "extra_pnginfo", None))
         before = len(bank)
         try:
             entry_id = bank.add(
                 samples["samples"], latent_format=latent_format, camera=c2w, intrinsics=intrinsics,
-                keyframes=keyframes, prompt=prompt or "", segment_index=None if segment_index < 0 else segment_index,
+                keyframes=keyframes, prompt=recorded.prompt, sampler=recorded.sampler,
+                segment_index=None if segment_index < 0 else segment_index,
                 parents=list(parents.entry_ids) if parents is not None else [], source_id=source_id or None,
-                seed=None if seed < 0 else seed, model=_model_identity(model), descriptor=vector, extra=extra,
-                fov_mask=mask)
+                seed=recorded.seed, model=_model_identity(model), descriptor=vector, extra=extra,
+                fov_mask=mask, provenance=recorded.provenance, run=recorded.run)
         except ValueError as error:
             raise ValueError(f"{_input_for(str(error))}: {error}") from None
         entry = bank.entry(entry_id)
@@ -243,6 +337,8 @@ class BankAdd(io.ComfyNode):
             kept = entry.shapes.get("keyframes", (0,))[0]
             text += (f"\nstory '{story_id.strip()}' shot {shot_index} ({'cut' if cut else 'continues'}), "
                      f"{kept} keyframe{'s' if kept != 1 else ''}")
+        if recorded.lines:
+            text += "\n" + "\n".join(recorded.lines)
         return io.NodeOutput(bank, entry_id, ui={"text": [text]})
 
 

@@ -140,7 +140,7 @@ def entry_json(bank: MemoryBank, entry) -> dict:
             "camera_frames": entry.shapes["camera"][0] if "camera" in entry.shapes else None,
             "latent_format": entry.latent_format, "latent_shape": list(entry.latent_shape),
             "keyframes": entry.has("keyframes"), "model": entry.model, "sampler": entry.sampler,
-            "story": _story_fields(entry)}
+            "provenance": entry.provenance, "story": _story_fields(entry)}
 
 
 def _story_fields(entry) -> dict | None:
@@ -306,6 +306,25 @@ async def get_thumbnail(request: web.Request, root: str) -> web.Response:
     return web.Response(body=data, content_type="image/png", headers=headers)
 
 
+def run_json(bank: MemoryBank, entry_id: str) -> dict:
+    """The API prompt (and UI workflow, when the frontend sent one) that made the entry, as Bank Add stored it."""
+    run = bank.load_run(entry_id)
+    if run is None or not isinstance(run.get("prompt"), dict):
+        raise RouteError(404, f"entry {entry_id} of bank '{bank.name}' has no stored prompt (it was added before "
+                              "Bank Add recorded the run, or without a queued graph)")
+    workflow = run.get("workflow")
+    return {"prompt": run["prompt"], "workflow": workflow if isinstance(workflow, dict) else None}
+
+
+async def get_prompt(request: web.Request, root: str) -> web.Response:
+    name, entry_id = request.match_info["name"], entry_id_of(request.match_info["entry_id"])
+
+    def work():
+        bank = open_bank(root, name)
+        return call_bank(run_json, bank, entry_id)
+    return web.json_response(await asyncio.to_thread(work))
+
+
 def _change(action: str):
     async def post_change(request: web.Request, root: str) -> web.Response:
         name, entry_id = request.match_info["name"], entry_id_of(request.match_info["entry_id"])
@@ -345,6 +364,7 @@ ROUTES = (
     ("GET", PREFIX + "/{name}", get_bank),
     ("GET", PREFIX + "/{name}/entries", get_entries),
     ("GET", PREFIX + "/{name}/entries/{entry_id}/thumbnail", get_thumbnail),
+    ("GET", PREFIX + "/{name}/entries/{entry_id}/prompt", get_prompt),
     ("POST", PREFIX + "/{name}/entries/{entry_id}/hide", _change("hide")),
     ("POST", PREFIX + "/{name}/entries/{entry_id}/restore", _change("restore")),
     ("POST", PREFIX + "/{name}/branch", post_branch),

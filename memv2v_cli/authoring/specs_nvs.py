@@ -86,7 +86,7 @@ def multiturn_nvs() -> WorkflowSpec:
     })
     prompt.update(_output_nodes(["12", 0], ["16", 0]))
     prompt["22"] = node("MemV2V_BankAdd", "Remember This Turn", bank=["14", 0], samples=["18", 0], camera=["13", 0],
-                        prompt=PROMPT, parents=["15", 0], model=["1", 0], seed=42)
+                        parents=["15", 0], model=["1", 0])
     notes = [
         Note("### Multi-turn novel view synthesis\nEach queue run re-renders **Source Video** along a new camera and "
              "**adds the result to the bank** `my_scene` (under `output/memory_banks/`). Later turns retrieve the "
@@ -100,7 +100,8 @@ def multiturn_nvs() -> WorkflowSpec:
         Note("Turn 1 retrieves nothing (the bank is empty) and is plain ReCamMaster. **Apply Memory** adds the "
              "camera of every video (target; source with the target's camera per frame, as ReCamMaster; each "
              "memory its own stored trajectory) and merges the least responsive memory frames at blocks 10 and 20. "
-             "**Remember This Turn** stores the latent with its camera, prompt, seed and the memories it used.",
+             "**Remember This Turn** stores the latent with its camera, the memories it used, and the seed, "
+             "prompt and settings the **Sampler** really used (read from the graph, so the turn can be replayed).",
              column=5, title="What happens", height=210),
         CAMERA_NOTE,
     ]

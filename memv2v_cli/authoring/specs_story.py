@@ -82,9 +82,8 @@ def story_storymem() -> WorkflowSpec:
         "29": node("MemV2V_KeyframeSelect", t["keyframes"], frames=["26", 0], story_id=["12", 0],
                    clip_vision=["16", 0], bank=["15", 0], shot_index=["13", 0], threshold=0.9, max_keyframes=3,
                    duplicate_threshold=0.9),
-        "30": node("MemV2V_BankAdd", "Remember Shot", bank=["15", 0], samples=["24", 0], prompt=["8", 0],
-                   parents=["17", 1], model=["5", 0], keyframes=["29", 0], seed=["14", 0], story_id=["12", 0],
-                   shot_index=["13", 0], cut=["19", 7]),
+        "30": node("MemV2V_BankAdd", "Remember Shot", bank=["15", 0], samples=["24", 0], parents=["17", 1],
+                   model=["5", 0], keyframes=["29", 0], story_id=["12", 0], shot_index=["13", 0], cut=["19", 7]),
         # Memory and keyframes can be empty (first shot, all duplicates), which PreviewImage refuses: the contact
         # sheet shows the stored keyframes instead, one row per shot.
         "31": node("MemV2V_BankInspect", "What The Bank Holds", bank=["30", 0], max_entries=12, frames=6,

@@ -155,9 +155,13 @@ class ComfyClient:
     def interrupt(self) -> None:
         self.post_json("/interrupt", {})
 
-    def queue_prompt(self, prompt: dict) -> str:
+    def queue_prompt(self, prompt: dict, extra_data: dict | None = None) -> str:
+        """Queue ``prompt``; ``extra_data`` as the frontend sends it (e.g. ``{"extra_pnginfo": {"workflow": ...}}``)."""
+        body = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data:
+            body["extra_data"] = extra_data
         try:
-            answer = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+            answer = self.post_json("/prompt", body)
         except urllib.error.HTTPError as error:
             body = error.read()
             try:
@@ -175,11 +179,12 @@ class ComfyClient:
         answer = self.post_json("/memv2v_demo/validate", {"prompt": prompt}, timeout=120)
         return None if answer.get("valid") else answer
 
-    def run(self, prompt: dict, timeout: float = 600, on_message: Callable[[str, dict], None] | None = None) -> PromptResult:
+    def run(self, prompt: dict, timeout: float = 600, on_message: Callable[[str, dict], None] | None = None,
+            extra_data: dict | None = None) -> PromptResult:
         """Queue ``prompt``, follow its websocket messages until it ends, and return its history entry."""
-        return asyncio.run(self._run(prompt, timeout, on_message))
+        return asyncio.run(self._run(prompt, timeout, on_message, extra_data))
 
-    async def _run(self, prompt, timeout, on_message) -> PromptResult:
+    async def _run(self, prompt, timeout, on_message, extra_data=None) -> PromptResult:
         import aiohttp
 
         ws_url = self.url.replace("http", "ws", 1) + "/ws?clientId=" + self.client_id
@@ -187,7 +192,7 @@ class ComfyClient:
         messages: list[tuple[str, dict]] = []
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(ws_url, heartbeat=30) as ws:
-                prompt_id = await asyncio.to_thread(self.queue_prompt, prompt)
+                prompt_id = await asyncio.to_thread(self.queue_prompt, prompt, extra_data)
                 status = "unknown"
                 while True:
                     remaining = timeout - (time.monotonic() - start)

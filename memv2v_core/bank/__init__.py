@@ -4,6 +4,7 @@
 from .contact_sheet import LatentPreview, contact_sheet
 from .inputs import check_latent_format, safe_bank_dir, validate_bank_name, validate_branch_name, validate_entry_id
 from .memory_bank import MemoryBank
+from .provenance import RunProvenance, run_provenance
 from .records import (BankFormatError, BankStateError, DamagedEntryError, MemoryEntry, NewerSchemaError,
                       UnknownEntryError)
 from .storage import LockTimeout

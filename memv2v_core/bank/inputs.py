@@ -203,7 +203,7 @@ def _json_dict(name: str, value: Any) -> dict:
 
 def prepare_entry(latent: Any, latent_format: Any, *, camera=None, intrinsics=None, fov_mask=None, descriptor=None,
                   keyframes=None, segment_index=None, source_id=None, prompt="", turn=None, parents=(), seed=None,
-                  sampler=None, model=None, extra=None) -> tuple[dict[str, torch.Tensor], dict]:
+                  sampler=None, model=None, extra=None, provenance=None) -> tuple[dict[str, torch.Tensor], dict]:
     """Validate ``add``'s arguments: the CPU tensors to store and the json metadata that identifies the content."""
     fmt = normalize_latent_format(latent_format)
     lat = _float_tensor("latent", latent, (4, 5), "[B, C, T, H, W] or [C, T, H, W] (LATENT['samples'])")
@@ -242,7 +242,30 @@ def prepare_entry(latent: Any, latent_format: Any, *, camera=None, intrinsics=No
             "source_id": _typed("source_id", source_id, str, optional=True), "extra": _json_dict("extra", extra)}
     if turn is not None:  # only an explicit turn is part of the content's identity
         meta["turn"] = _typed("turn", turn, int)
+    if provenance is not None:  # likewise only when given, so entries added without it keep their ids
+        meta["provenance"] = _json_dict("provenance", provenance)
     for key in ("turn", "segment_index"):
         if meta.get(key) is not None and meta[key] < 0:
             raise ValueError(f"{key} is {meta[key]}; it must be 0 or more")
     return tensors, meta
+
+
+MAX_RUN_BYTES = 16 * 1024 * 1024  # the run is kept in the entry file's header, which readers cap at 64 MiB
+
+
+def run_text(run: Any) -> str | None:
+    """``add``'s ``run`` (the API prompt and UI workflow that made the entry) as compact JSON, or None."""
+    if run is None:
+        return None
+    if not isinstance(run, dict):
+        raise ValueError(f"run must be a dict such as {{'prompt': <API prompt>, 'workflow': ...}}, got "
+                         f"{type(run).__name__}")
+    try:
+        text = json.dumps(run, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"run must hold JSON-serialisable values (no NaN): {error}") from None
+    size = len(text.encode("utf-8"))
+    if size > MAX_RUN_BYTES:
+        raise ValueError(f"run is {size} bytes of JSON; at most {MAX_RUN_BYTES} are stored (leave the UI workflow "
+                         "out, or store the entry without its run)")
+    return text

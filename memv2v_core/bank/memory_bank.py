@@ -22,10 +22,11 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from .inputs import (LATENT_CHANNELS, check_latent_format, latent_format_for_channels, normalize_latent_format,
-                          prepare_entry, safe_bank_dir, tensor_input, validate_bank_name, validate_branch_name,
-                          validate_entry_id)
-from .records import (CACHE_DIR, CACHE_FORMAT, ENTRIES_DIR, FORMAT_NAME, LOCK_NAME, MANIFEST_NAME, SCHEMA_VERSION,
-                           TENSOR_NAMES, TMP_DIR, BankFormatError, BankState, BankStateError, DamagedEntryError,
+                          prepare_entry, run_text, safe_bank_dir, tensor_input, validate_bank_name,
+                          validate_branch_name, validate_entry_id)
+from .records import (CACHE_DIR, CACHE_FORMAT, ENTRIES_DIR, FORMAT_NAME, LOCK_NAME, MANIFEST_NAME, RUN_KEY,
+                           SCHEMA_VERSION, TENSOR_NAMES, TMP_DIR, BankFormatError, BankState, BankStateError,
+                           DamagedEntryError,
                            MemoryEntry, NewerSchemaError, RecordError, UnknownEntryError, bank_state,
                            check_entry_file, check_entry_header, compare_file_to_record, content_hash, data_sha256,
                            entry_from_record, entry_metadata, manifest_bytes, now_iso, parse_manifest, record_line,
@@ -308,6 +309,29 @@ class MemoryBank:
             raise DamagedEntryError(problem)
         return tensors
 
+    def load_run(self, entry_id: str) -> dict | None:
+        """What made the entry: ``{"prompt": <API prompt>, "workflow": <UI workflow or None>, ...}`` as Bank Add
+        stored it in the entry file (hidden entries too), or None when none was stored. Reads only the header."""
+        self.entry(entry_id)
+        with self._state_lock:
+            record = self._records_by_id[entry_id]
+        path = os.path.join(self._root, record["file"])
+        check = check_entry_file(path)
+        problem = compare_file_to_record(check, entry_id, record)
+        run = None
+        if not problem and RUN_KEY in check.metadata:
+            try:
+                run = json.loads(check.metadata[RUN_KEY])
+                if not isinstance(run, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                problem = f"its stored run ({RUN_KEY}) is unreadable ({error})"
+        if problem:
+            problem = self._entry_problem(entry_id, path, problem)
+            self._mark_damaged(entry_id, problem, path)
+            raise DamagedEntryError(problem)
+        return run
+
     def revision(self) -> str:
         """Changes whenever the bank's content on disk changes (hash of the manifest; caches do not count)."""
         return read_revision(self.path)
@@ -410,13 +434,18 @@ class MemoryBank:
 
     def add(self, latent: torch.Tensor, *, latent_format: str, camera=None, intrinsics=None, fov_mask=None,
             descriptor=None, segment_index=None, source_id=None, keyframes=None, prompt="", turn=None,
-            parents=(), seed=None, sampler=None, model=None, extra=None, branch: str | None = None) -> str:
+            parents=(), seed=None, sampler=None, model=None, extra=None, branch: str | None = None,
+            provenance: dict | None = None, run: dict | None = None) -> str:
         """Store one generation durably and return its id; identical content returns the existing id (also when
-        that entry is hidden: it stays hidden). ``branch`` (default: the bank's active branch) is recorded."""
+        that entry is hidden: it stays hidden). ``branch`` (default: the bank's active branch) is recorded.
+        ``provenance`` (small JSON: model files, overrides) goes into the record; ``run`` (the API prompt and UI
+        workflow that made the entry) only into the entry file, outside the identity, read by ``load_run``."""
         tensors, meta = prepare_entry(latent, latent_format, camera=camera, intrinsics=intrinsics,
                                       fov_mask=fov_mask, descriptor=descriptor, keyframes=keyframes,
                                       segment_index=segment_index, source_id=source_id, prompt=prompt, turn=turn,
-                                      parents=parents, seed=seed, sampler=sampler, model=model, extra=extra)
+                                      parents=parents, seed=seed, sampler=sampler, model=model, extra=extra,
+                                      provenance=provenance)
+        run = run_text(run)
         if branch is not None:
             validate_branch_name(branch)
         with self._writing():
@@ -432,7 +461,7 @@ class MemoryBank:
                     f"latent_format '{meta['latent_format']}' does not match bank '{self.name}', which holds "
                     f"'{bank_format}' latents. A bank serves one VAE family: use another bank name for this model.")
             record = self._new_record(tensors, meta)
-            staged, size, data_sha, full_hash = self._stage_entry(tensors, record, meta)
+            staged, size, data_sha, full_hash = self._stage_entry(tensors, record, meta, run)
             try:
                 entry_id = self._free_id(full_hash)
                 if entry_id in self._entries:
@@ -452,10 +481,12 @@ class MemoryBank:
             self._commit_record(record, entry_path)
             return entry_id
 
-    def _stage_entry(self, tensors: dict, record: dict, meta: dict) -> tuple[Path, int, str, str]:
+    def _stage_entry(self, tensors: dict, record: dict, meta: dict, run: str | None = None
+                     ) -> tuple[Path, int, str, str]:
         """Write the entry file to .tmp/ and flush it to disk while its checksum and id are computed (fsync and
         sha256 both release the GIL, so the hash costs no time on top of the flush)."""
-        staged, size = stage_tensors(tensors, entry_metadata(record, meta), self.path / TMP_DIR, "entry.safetensors")
+        staged, size = stage_tensors(tensors, entry_metadata(record, meta, run), self.path / TMP_DIR,
+                                     "entry.safetensors")
         try:
             flush = InBackground(fsync_file, staged)
             try:
@@ -687,15 +718,25 @@ class MemoryBank:
             referenced = {self.path / r["file"] for r in self._records_by_id.values()}
         return [p for p in sorted((self.path / ENTRIES_DIR).glob("*.safetensors")) if p not in referenced]
 
-    def export(self, dest: str | os.PathLike, include_cache: bool = True) -> "MemoryBank":
-        """Write a consistent copy of the healthy entries to a new bank folder ``dest`` (never overwrites)."""
+    def export(self, dest: str | os.PathLike, include_cache: bool = True,
+               ids: Iterable[str] | None = None) -> "MemoryBank":
+        """Write a consistent copy of the healthy entries to a new bank folder ``dest`` (never overwrites).
+        With ``ids``, only those entries (in the bank's order), all visible and without branches: the bank as a
+        turn's retrieval saw it, which replay rebuilds."""
         dest = Path(dest)
         if dest.exists() and any(dest.iterdir()):
             raise FileExistsError(f"{dest} already exists and is not empty; choose another name for the copy "
                                   "(nothing was overwritten)")
         with self._state_lock:
             self.refresh()
-            snapshot = [self._records_by_id[i] for i in self.ids(include_hidden=True)]
+            wanted = None if ids is None else set(ids)
+            snapshot = [self._records_by_id[i] for i in self.ids(include_hidden=True)
+                        if wanted is None or i in wanted]
+            if wanted is not None:
+                unknown = sorted(wanted - {r["id"] for r in snapshot})
+                if unknown:
+                    raise UnknownEntryError(f"bank '{self.name}' has no healthy entries {unknown}; nothing was "
+                                            "copied")
             source_meta = dict(self._meta)
             state = self._state
         for sub in (ENTRIES_DIR, CACHE_DIR, TMP_DIR):
@@ -714,8 +755,9 @@ class MemoryBank:
                                     "revision": source_meta.get("revision")}}
             copied = {r["id"] for r in snapshot}  # a full copy: hidden entries stay hidden, branches stay
             hidden = {k: v for k, v in state.hidden.items() if k in copied}
-            meta.update({k: v for k, v in (("hidden", hidden), ("branches", state.branches),
-                                            ("active_branch", state.active_branch)) if v})
+            if wanted is None:
+                meta.update({k: v for k, v in (("hidden", hidden), ("branches", state.branches),
+                                                ("active_branch", state.active_branch)) if v})
             write_bytes_atomic(dest / MANIFEST_NAME, manifest_bytes(meta, [record_line(r) for r in snapshot]),
                                dest / TMP_DIR)
         return MemoryBank.open(dest)

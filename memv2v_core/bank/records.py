@@ -81,6 +81,7 @@ class MemoryEntry:
     latent_dtype: str = "F32"
     shapes: dict = field(default_factory=dict)  # tensor name -> shape tuple, for every stored tensor
     branch: str | None = None  # the named branch the entry was added on (None: the bank's main line)
+    provenance: dict = field(default_factory=dict)  # what the graph used (models, overrides); {} when not recorded
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -91,7 +92,7 @@ _FILE_RE = re.compile(r"entries/([0-9a-f]{16,64})(?:\.[0-9]{1,6})?\.safetensors"
 _FILE_NAME_RE = re.compile(r"([0-9a-f]{16,64})(?:\.[0-9]{1,6})?\.safetensors")
 _REQUIRED = {"id": str, "file": str, "bytes": int, "latent_format": str, "tensors": dict, "prompt": str, "turn": int,
              "parents": list, "sampler": dict, "created": str, "extra": dict}
-_OPTIONAL = {"seed": int, "model": str, "segment_index": int, "source_id": str, "branch": str}
+_OPTIONAL = {"seed": int, "model": str, "segment_index": int, "source_id": str, "branch": str, "provenance": dict}
 
 
 def entry_from_record(record: Any) -> MemoryEntry:
@@ -127,7 +128,7 @@ def entry_from_record(record: Any) -> MemoryEntry:
         parents=tuple(record["parents"]), seed=record.get("seed"), sampler=record["sampler"], model=record.get("model"),
         created=record["created"], segment_index=record.get("segment_index"), source_id=record.get("source_id"),
         extra=record["extra"], latent_dtype=record["tensors"]["latent"]["dtype"], shapes=shapes,
-        branch=record.get("branch"))
+        branch=record.get("branch"), provenance=record.get("provenance") or {})
 
 
 def record_tensors(record: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -258,15 +259,21 @@ def check_entry_header(header: SafetensorsHeader, stat_key: tuple = ()) -> FileC
     return FileCheck(stat_key, tensors, (meta.get("memv2v.seq", ""), meta.get("memv2v.created", "")), None, meta)
 
 
-def entry_metadata(record: dict, identity: dict) -> dict[str, str]:
+RUN_KEY = "memv2v.run"  # entry-file metadata: the API prompt and UI workflow that made the entry; not in the manifest
+
+
+def entry_metadata(record: dict, identity: dict, run: str | None = None) -> dict[str, str]:
     """The safetensors metadata of a new entry file: its record (without the id, file and checksums, which are
-    computed while the file is flushed to disk) and the identity the id is derived from."""
+    computed while the file is flushed to disk), the identity the id is derived from, and the run (JSON text)."""
     header_record = {k: v for k, v in record.items()
                      if k not in ("id", "file", "bytes", "content_hash", "data_sha256")}
-    return {"memv2v.format": ENTRY_FORMAT, "memv2v.schema_version": str(SCHEMA_VERSION),
-            "memv2v.seq": str(record["seq"]), "memv2v.created": record["created"],
-            "memv2v.record": record_line(header_record),
-            "memv2v.identity": json.dumps(identity, sort_keys=True, separators=(",", ":"))}
+    metadata = {"memv2v.format": ENTRY_FORMAT, "memv2v.schema_version": str(SCHEMA_VERSION),
+                "memv2v.seq": str(record["seq"]), "memv2v.created": record["created"],
+                "memv2v.record": record_line(header_record),
+                "memv2v.identity": json.dumps(identity, sort_keys=True, separators=(",", ":"))}
+    if run is not None:
+        metadata[RUN_KEY] = run
+    return metadata
 
 
 def compare_file_to_record(check: FileCheck, entry_id: str, record: dict) -> str | None:

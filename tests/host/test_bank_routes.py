@@ -204,11 +204,13 @@ def test_hostile_bank_names_and_ids_are_refused_and_nothing_outside_the_banks_fo
             answers += [("GET", f"/memv2v/banks/{name}"), ("GET", f"/memv2v/banks/{name}/entries"),
                         ("GET", f"/api/memv2v/banks/{name}/entries"),
                         ("GET", f"/memv2v/banks/{name}/entries/{node_bank[0]}/thumbnail"),
+                        ("GET", f"/memv2v/banks/{name}/entries/{node_bank[0]}/prompt"),
                         ("POST", f"/memv2v/banks/{name}/entries/{node_bank[0]}/hide"),
                         ("POST", f"/memv2v/banks/{name}/entries/{bait_ids[0]}/hide"),
                         ("POST", f"/memv2v/banks/{name}/branch")]
         for entry_id in ids:
             answers += [("GET", f"/memv2v/banks/{BANK}/entries/{entry_id}/thumbnail"),
+                        ("GET", f"/memv2v/banks/{BANK}/entries/{entry_id}/prompt"),
                         ("POST", f"/memv2v/banks/{BANK}/entries/{entry_id}/hide"),
                         ("POST", f"/memv2v/banks/{BANK}/entries/{entry_id}/restore")]
         refused = 0
@@ -231,7 +233,7 @@ def test_hostile_bank_names_and_ids_are_refused_and_nothing_outside_the_banks_fo
         assert status == 400 and b"not JSON" in data
         status, data, _ = request(host, "POST", f"/memv2v/banks/{BANK}/branch", b"{" + b" " * 20000 + b"}")
         assert status == 413
-        assert refused >= 20 * 7
+        assert refused >= 20 * 8
         assert snapshot(base.parent, skip) == before  # nothing created, changed or deleted anywhere around the host
         assert "linked_out" not in get_json(host, "/memv2v/banks")
         bank = MemoryBank.open(banks / BANK)

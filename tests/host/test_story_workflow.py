@@ -128,6 +128,10 @@ def test_every_shot_is_stored_with_its_story_fields_and_at_most_3_keyframes(stor
     assert [s.extra["shot_index"] for s in shots] == [0, 1, 2, 3]
     assert [s.extra["cut"] for s in shots] == [mode == "cut" for mode, _ in SHOTS]
     assert [s.prompt for s in shots] == [text for _, text in SHOTS]
+    # what the two experts really used, read from the graph: the Seed primitive, high-noise expert first
+    assert [s.seed for s in shots] == [42 + index for index in range(len(SHOTS))]
+    assert all([(st["class_type"], st["seed"], st["add_noise"]) for st in s.sampler["stages"]] == [
+        ("KSamplerAdvanced", s.seed, "enable"), ("KSamplerAdvanced", s.seed, "disable")] for s in shots)
     for entry in shots:
         assert list(entry.latent_shape) == [1, 16, (LENGTH - 1) // 4 + 1, SIZE // 8, SIZE // 8]  # memory trimmed
         assert entry.has("keyframes")
