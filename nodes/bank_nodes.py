@@ -16,12 +16,13 @@ from comfy_api.latest import io
 from ..memv2v_core.bank.memory_bank import (BankFormatError, MemoryBank, NewerSchemaError, check_latent_format,
                                 latent_format_for_channels, normalize_latent_format, read_revision, safe_bank_dir)
 from ..memv2v_core.camera.trajectory import Trajectory
-from ..memv2v_core.bank.contact_sheet import LatentPreview, contact_sheet
+from ..memv2v_core.bank.contact_sheet import contact_sheet
 from ..memv2v_core.bank.inputs import run_text
 from ..memv2v_core.bank.provenance import run_provenance
 from ..memv2v_core.retrieval.fov import fov_mask
 from ..memv2v_core.story.shots import next_shot_index, story_extra
 from .paths import banks_root
+from .previews import latent_previews
 from .socket_types import Bank, Camera, Descriptor, Selection
 
 logger = logging.getLogger(__name__)
@@ -388,28 +389,6 @@ class BankSave(io.ComfyNode):
         return io.NodeOutput(name, ui={"text": [f"copied {_summary(copy)} to {dest}"]})
 
 
-@functools.lru_cache(maxsize=1)
-def _previews() -> dict[str, LatentPreview]:
-    """Latent->RGB factors of every ComfyUI latent format that has them, keyed by lower-case class name."""
-    import comfy.latent_formats as formats
-
-    previews = {}
-    for name, kind in vars(formats).items():
-        if isinstance(kind, type) and issubclass(kind, formats.LatentFormat) and kind is not formats.LatentFormat:
-            try:
-                fmt = kind()
-            except Exception:  # noqa: BLE001 - a format that cannot be built without arguments has no preview here
-                continue
-            if getattr(fmt, "latent_rgb_factors", None) is None:
-                continue
-            mean, std = getattr(fmt, "latents_mean", None), getattr(fmt, "latents_std", None)
-            previews[name.lower()] = LatentPreview.from_values(
-                fmt.latent_rgb_factors, getattr(fmt, "latent_rgb_factors_bias", None),
-                mean if std is not None else None, std if mean is not None else None,
-                getattr(fmt, "scale_factor", 1.0) if mean is not None else 1.0)
-    return previews
-
-
 class BankInspect(io.ComfyNode):
     """Show what the bank holds: a contact sheet (one row per entry) and a table of every entry's record."""
 
@@ -440,7 +419,7 @@ class BankInspect(io.ComfyNode):
     def execute(cls, bank: MemoryBank, max_entries: int = 12, frames: int = 6, thumb_height: int = 60) -> io.NodeOutput:
         bank.refresh()
         bank.verify()  # reads only headers: damaged entries are listed rather than drawn
-        sheet = contact_sheet(bank, _previews(), max_entries=max_entries, frames=frames, thumb_height=thumb_height)
+        sheet = contact_sheet(bank, latent_previews(), max_entries=max_entries, frames=frames, thumb_height=thumb_height)
         return io.NodeOutput(sheet.image, sheet.table, ui={"text": [_summary(bank)]})
 
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from aiohttp import web
 
-from ..memv2v_core.bank.contact_sheet import PAD, LatentPreview, entry_thumbnails
+from ..memv2v_core.bank.contact_sheet import PAD, entry_thumbnails
 from ..memv2v_core.bank.memory_bank import (BankFormatError, BankStateError, DamagedEntryError, LockTimeout,
                                             MemoryBank, UnknownEntryError, safe_bank_dir, validate_bank_name,
                                             validate_entry_id)
 from ..memv2v_core.bank.records import MANIFEST_NAME
 from ..memv2v_core.story.shots import shot_of
 from .paths import banks_root
+from .previews import latent_previews
 
 logger = logging.getLogger(__name__)
 
@@ -154,28 +155,6 @@ def bank_summary(bank: MemoryBank) -> dict:
             "branches": bank.branches(), "problems": bank.problems}
 
 
-@functools.lru_cache(maxsize=1)
-def _previews() -> dict[str, LatentPreview]:
-    """ComfyUI's latent->RGB factors per latent format (as Bank Inspect uses them), keyed by lower-case class name."""
-    import comfy.latent_formats as formats
-
-    previews = {}
-    for name, kind in vars(formats).items():
-        if isinstance(kind, type) and issubclass(kind, formats.LatentFormat) and kind is not formats.LatentFormat:
-            try:
-                fmt = kind()
-            except Exception:  # noqa: BLE001 - a format that cannot be built without arguments has no preview here
-                continue
-            if getattr(fmt, "latent_rgb_factors", None) is None:
-                continue
-            mean, std = getattr(fmt, "latents_mean", None), getattr(fmt, "latents_std", None)
-            previews[name.lower()] = LatentPreview.from_values(
-                fmt.latent_rgb_factors, getattr(fmt, "latent_rgb_factors_bias", None),
-                mean if std is not None else None, std if mean is not None else None,
-                getattr(fmt, "scale_factor", 1.0) if mean is not None else 1.0)
-    return previews
-
-
 class ThumbnailCache:
     """PNG thumbnails by (bank folder, entry id, creation time, frames, height): an entry's data never changes after
     its add, so a cached thumbnail never goes stale. Least recently used ones go first."""
@@ -213,7 +192,7 @@ def thumbnail_png(bank: MemoryBank, entry_id: str, frames: int, height: int) -> 
     cached = THUMBNAILS.get(key)
     if cached is not None:
         return cached, etag
-    thumbs, _ = entry_thumbnails(bank, entry, _previews(), frames, height)
+    thumbs, _ = entry_thumbnails(bank, entry, latent_previews(), frames, height)
     strip = torch.zeros(height, thumbs.shape[0] * (thumbs.shape[2] + PAD) - PAD, 3)
     for index, thumb in enumerate(thumbs):
         x0 = index * (thumb.shape[1] + PAD)
