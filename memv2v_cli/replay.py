@@ -27,6 +27,7 @@ from memv2v_core.bank.memory_bank import MemoryBank, validate_bank_name, validat
 from memv2v_core.bank.provenance import is_link
 
 BANK_LOAD, BANK_ADD = "MemV2V_BankLoad", "MemV2V_BankAdd"
+BANK_WRITERS = (BANK_ADD, "MemV2V_BankSave")
 
 
 class ReplayError(RuntimeError):
@@ -102,6 +103,16 @@ def redirect_banks(prompt: dict, add_node: str, scratch: str) -> tuple[dict, str
             holder_, key_ = _name_slot(prompt, node_id)
             if holder_[key_] == original:
                 holder_[key_] = scratch
+    # A replay must never write to a real bank: every Bank Add has to reach the scratch copy, and a Bank Save (a new
+    # bank folder) is not run at all.
+    for node_id, node in prompt.items():
+        if node.get("class_type") in BANK_WRITERS:
+            writer_load = _bank_load_of(prompt, node_id)
+            name_holder, name_key = _name_slot(prompt, writer_load) if writer_load else ({}, "")
+            if node["class_type"] != BANK_ADD or name_holder.get(name_key) != scratch:
+                raise ReplayError(f"the stored prompt's {node['class_type']} (node {node_id}) would write a bank "
+                                  f"other than the scratch copy of '{original}', so it is not replayed (a replay "
+                                  "never changes a real bank). Replay a copy of the workflow without that node.")
     return prompt, original
 
 

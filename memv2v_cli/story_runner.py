@@ -44,14 +44,16 @@ def story_id_for(name: str | None, script_path: Path) -> str:
 
 
 def stored_shots(client: comfy_host.ComfyClient, bank: str, story_id: str) -> set[int]:
-    """Shot indices of ``story_id`` that the bank holds (through the pack's bank route; an unknown bank holds none)."""
+    """Shot indices of ``story_id`` that the bank holds visibly (through the pack's bank route; a hidden shot is made
+    again; an unknown bank holds none)."""
     try:
         entries = client.get_json(f"/memv2v/banks/{urllib.parse.quote(bank, safe='')}/entries")
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return set()
         raise
-    return {e["story"]["shot_index"] for e in entries if e.get("story") and e["story"]["story_id"] == story_id}
+    return {e["story"]["shot_index"] for e in entries
+            if e.get("story") and e["story"]["story_id"] == story_id and not e.get("hidden")}
 
 
 def shot_prompt(prompt: dict, *, story_id: str, bank: str, index: int, mode: str, text: str, seed: int) -> dict:

@@ -309,7 +309,7 @@ class BankAdd(io.ComfyNode):
             keyframes = None  # Keyframe Select found none worth keeping (all near-duplicates): store the shot alone
         if story_id.strip():
             if shot_index < 0:
-                shot_index = next_shot_index(bank.entries(), story_id)
+                shot_index = next_shot_index([bank.entry(i) for i in bank.retrieval_ids()], story_id)
             extra = {**(extra or {}), **story_extra(story_id, shot_index, cut)}
         elif shot_index >= 0:
             raise ValueError(f"story_id: empty, but shot_index is {shot_index}; give the story's id, or set "

@@ -219,7 +219,12 @@ async def _json_body(request: web.Request) -> dict:
 
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RouteError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = b""
+    while len(raw) <= MAX_BODY_BYTES:  # read() may return one chunk of a longer body
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise RouteError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     try:

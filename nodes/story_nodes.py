@@ -52,6 +52,11 @@ class _SquashedClipVision(EncodeImageEmbedder):
         return embeds
 
 
+
+def _retrievable(bank):
+    """The entries retrieval may use (visible, and on the active branch): what the story's memory is drawn from."""
+    return [bank.entry(entry_id) for entry_id in bank.retrieval_ids()]
+
 def image_embedder(clip_vision, embedder, required: bool, fallback: bool = False):
     """The image embedder from the connected input (clip_vision or a pack embedder); None when neither is
     connected and it is not ``required``."""
@@ -365,7 +370,7 @@ class KeyframeSelect(io.ComfyNode):
         stored_ids, stored_embeddings = [], None
         if bank is not None:
             bank.refresh()
-            stored = stored_keyframes(bank, story_shots(bank.entries(), _story_id(story_id), shot_index))
+            stored = stored_keyframes(bank, story_shots(_retrievable(bank), _story_id(story_id), shot_index))
             if stored:
                 stored_ids = [name for name, _, _ in stored]
                 stored_embeddings = embed(encoder, stack_images([image for _, image, _ in stored]), "clip_vision")
@@ -455,7 +460,7 @@ class StoryMemorySelect(io.ComfyNode):
             raise ValueError(f"sink ({sink}) must not be greater than budget ({budget}): the sink is part of the "
                              "budget.")
         bank.refresh()
-        shots = story_shots(bank.entries(), story_id, shot_index)
+        shots = story_shots(_retrievable(bank), story_id, shot_index)
         stored = stored_keyframes(bank, shots)
         notes, scores = [], None
         if mode != "sink_window":
@@ -539,7 +544,7 @@ class StoryPreviousShot(io.ComfyNode):
     def execute(cls, bank, story_id: str, shot_index: int, vae, frames: int = 5) -> io.NodeOutput:
         story_id = _story_id(story_id)
         bank.refresh()
-        shots = story_shots(bank.entries(), story_id, shot_index)
+        shots = story_shots(_retrievable(bank), story_id, shot_index)
         if not shots:
             text = f"story '{story_id}': no shot before this one (first shot: use mode cut)"
             return io.NodeOutput(empty_image(), text, ui={"text": [text]})

@@ -33,8 +33,8 @@ def story_rope_ids(memory_frames: int, frames: int, height: int, width: int, gap
     """Position ids [1, frames*height*width, 3] (t, h, w) for a token grid whose first ``memory_frames`` are memory.
 
     ``rope_options`` (ComfyUI >= 0.3.68, ScaleROPE) maps each axis as ComfyUI maps plain video positions:
-    t' = shift_t + scale_t * t, h' = shift_y + scale_y * h, w' = shift_x + scale_x * w. Ids are rounded through
-    ``dtype`` like ComfyUI's own (exact for integer positions up to 256 even in bf16).
+    t' = shift_t + scale_t * t, h' = shift_y + scale_y * h, w' = shift_x + scale_x * w. Ids are float32 unless a
+    ``dtype`` is given.
     """
     axes = [story_temporal_ids(memory_frames, frames - memory_frames, gap).double(),
             torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64)]
@@ -101,8 +101,10 @@ def _make_wrapper(memory_frames: int, gap: float) -> Callable:
                                 device=device, dtype=dtype, **extra)
             pt, ph, pw = dm.patch_size
             rope_options = (extra.get("transformer_options") or {}).get("rope_options")  # only where core passes it
+            # float32 ids, not the latent's dtype: memory positions reach -M*S (past 256 bf16 rounds them), and the
+            # rotary table converts ids to float32 anyway.
             ids = story_rope_ids(memory_frames, (t + pt // 2) // pt, (h + ph // 2) // ph, (w + pw // 2) // pw, gap,
-                                 rope_options, device=device, dtype=dtype)
+                                 rope_options, device=device)
             return dm.rope_embedder(ids).movedim(1, 2)
 
         dm.rope_encode = rope_encode
