@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from crash_points import die_before_step
 from memv2v_core.bank import memory_bank as bank_module
 from memv2v_core.bank.memory_bank import LockTimeout, MemoryBank
 from memv2v_core.bank.storage import WriterLock
@@ -40,17 +41,7 @@ def _child(path: Path, first_k: int, report_fd: int, kill_at_step: int | None) -
     """Forked writer: adds entries first_k, first_k+1, ... and reports each returned id; never returns."""
     try:
         if kill_at_step is not None:  # die just before the n-th durability step (fsync or rename) of this process
-            steps = [0]
-
-            def dying(real):
-                def step(*args, **kwargs):
-                    steps[0] += 1
-                    if steps[0] == kill_at_step:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return real(*args, **kwargs)
-                return step
-
-            os.fsync, os.replace = dying(os.fsync), dying(os.replace)
+            die_before_step(kill_at_step)
         bank = MemoryBank.open(path, create=True)
         k = first_k
         while True:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from crash_points import die_before_step
 from memv2v_core.bank.memory_bank import MemoryBank
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills forked writers with SIGKILL (POSIX only)")
@@ -31,28 +32,13 @@ def add_entry(bank: MemoryBank, k: int) -> str:
     return bank.add(content(k), latent_format="wan21", prompt=f"entry {k}", seed=k, extra={"k": k})
 
 
-def _die_before_step(kill_at_step: int) -> None:
-    """Make this process SIGKILL itself just before its n-th durability step (an fsync or a rename)."""
-    steps = [0]
-
-    def dying(real):
-        def step(*args, **kwargs):
-            steps[0] += 1
-            if steps[0] == kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        return step
-
-    os.fsync, os.replace = dying(os.fsync), dying(os.replace)
-
-
 def _hider(path: Path, report_fd: int, seed: int, kill_at_step: int | None, until_entries: int | None = None) -> None:
     """Forked child: hide or restore (whichever applies) random entries, reporting each before and after; never
     returns. With ``until_entries``: start once another process has begun adding, prefer the newest entries, and
     stop 20 changes after the bank holds that many entries."""
     try:
         if kill_at_step is not None:
-            _die_before_step(kill_at_step)
+            die_before_step(kill_at_step)
         bank = MemoryBank.open(path)
         rng = random.Random(seed)
         while until_entries is not None and len(bank.ids(include_hidden=True)) <= STARTING_ENTRIES:

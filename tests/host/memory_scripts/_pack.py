@@ -37,3 +37,8 @@ def bootstrap(with_nodes: bool = False):
 def pack(module: str):
     """Import ``<pack>.<module>``, e.g. ``pack("nodes.patches.memory_patch")``."""
     return importlib.import_module(f"{PACKAGE}.{module}")
+
+
+def max_diff(a, b) -> float:
+    """Largest absolute difference of two tensors, in float32 (what the scripts print and the tests compare)."""
+    return float((a.float() - b.float()).abs().max())

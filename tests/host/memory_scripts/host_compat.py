@@ -13,11 +13,8 @@ import argparse
 import json
 import types
 
-from _pack import bootstrap, pack
+from _pack import bootstrap, max_diff, pack
 
-
-def max_diff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "memory_scripts"))
 
-from _pack import REPO, bootstrap, pack  # noqa: E402
+from _pack import REPO, bootstrap, max_diff, pack  # noqa: E402
 
-__all__ = ["REPO", "bootstrap", "pack", "use_repo"]
+__all__ = ["REPO", "bootstrap", "max_diff", "pack", "use_repo"]
 
 
 def use_repo() -> None:

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from _nvs import bootstrap, pack
+from _nvs import bootstrap, max_diff, pack
 
-
-def max_diff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
 
 
 def in_context_tokens(model, modules, ctx, target, x, t, text, frames, size) -> dict:

@@ -18,15 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
-from _nvs import bootstrap, pack
+from _nvs import bootstrap, max_diff, pack
 
 FRAMES, SIZE = 21, 8  # 81 video frames; a 64x64 px latent -> 4x4 tokens per frame at 1x2x2
 TARGET_CAM, MEMORY_CAMS = 1, (2, 9)
 CAMERA_GAIN = 10.0
 
-
-def max_diff(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
 
 
 def main() -> int:
