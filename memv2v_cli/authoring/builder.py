@@ -1,8 +1,8 @@
 """Write UI-format (frontend) workflows from API-format specs, so the shipped graphs have one readable source.
 
-``api_to_ui`` lays nodes out left to right by dependency depth, adds Markdown notes and groups, and fills
-``widgets_values`` in the order the frontend expects (``graph.widget_slots``), so ``graph.ui_to_api`` gives the
-spec back. ``python -m memv2v_cli.authoring.builder --url URL`` rewrites ``workflows/`` from the specs in ``catalog``.
+``api_to_ui`` lays the graph out from the spec (notes at the top left, one group per stage side by side in
+data-flow order, wires from left to right) and fills ``widgets_values`` in the order the frontend expects
+(``graph.widget_slots``), so ``graph.ui_to_api`` gives the spec back. ``python -m memv2v_cli.authoring.builder --url URL`` rewrites ``workflows/`` from the specs in ``catalog``.
 """
 
 from __future__ import annotations
@@ -17,26 +17,45 @@ from .. import graph
 from .catalog import SPECS
 from .spec import WorkflowSpec
 
-COLUMN_WIDTH = 400
 NODE_WIDTH = 340
+COLUMN_GAP = 60  # between the columns of a group: room for the wires
 ROW_GAP = 40
 SLOT_HEIGHT = 26
+TITLE_BAR = 30  # litegraph draws a node's title above its pos
+GROUP_TITLE = 50  # a group's title bar (font 24) and the space under it
+GROUP_PAD = 20
+GROUP_GAP = 80  # between groups, and between the notes and the first group
+NOTE_WIDTH = 420
+NOTES_HEIGHT = 1000  # a column of notes is at most this tall; more notes start another column
+MULTILINE_HEIGHT = 110  # a multiline text box
+PREVIEW_HEIGHT = 260  # room for the image or video a node shows after a run
+PREVIEW_CLASSES = {"PreviewImage", "SaveImage", "SaveVideo", "SaveAnimatedWEBP", "LoadVideo", "LoadImage",
+                   "MemV2V_CameraPreview"}
+# The first screen: what a 1600x900 browser window shows of the canvas when the workflow opens (the frontend restores
+# extra.ds); the side bar and the menu cover its left and top edges.
+SCREEN = (1600, 900)
+SCREEN_MARGIN = (70, 60)
+GROUP_COLORS = ["#3f789e", "#8a6e3a", "#5a7a3a", "#7a4a8a", "#3a7a72", "#8a4a4a", "#4a5a8a"]
 
 
 def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
-    """The UI-format workflow for ``spec`` (what the frontend saves and its template browser opens)."""
+    """The UI-format workflow for ``spec`` (what the frontend saves and its template browser opens).
+
+    Layout: the notes in a column at the top left (the first note is the read-me), then one group per stage side by
+    side in data-flow order; inside a group, nodes stand in columns by their depth within the group, so every wire
+    runs from left to right.
+    """
     prompt = spec.prompt
     ids = {node_id: index + 1 for index, node_id in enumerate(prompt)}
-    depth = _depths(prompt)
     links: list[list[Any]] = []
     nodes: list[dict] = []
     outputs_links: dict[tuple[str, int], list[int]] = {}
-    column_y: dict[int, float] = {}
 
     for node_id, entry in prompt.items():
         info = _class_info(object_info, entry["class_type"], node_id)
         slots = {slot.name: slot for slot in graph.widget_slots(info)}
         inputs, widgets = [], []
+        extra_height = 0
         for name, spec_ in _ordered_inputs(info):
             value = entry["inputs"].get(name)
             slot = slots.get(name)
@@ -52,13 +71,16 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
             if slot is not None and not slot.force_input:
                 widgets.append(value if value is not None and not _is_link(value) else slot.default)
                 widgets.extend(_extra_values(slot, spec.controls.get(node_id, {}).get(name, "fixed")))
-        column = depth[node_id]
-        height = 40 + SLOT_HEIGHT * (max(len(inputs), len(info.get("output", []))) + len(widgets))
-        y = column_y.get(column, 80.0)
-        column_y[column] = y + height + ROW_GAP
-        node = {"id": ids[node_id], "type": entry["class_type"], "pos": [40 + column * COLUMN_WIDTH, y],
-                "size": [NODE_WIDTH, height], "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": [],
-                "properties": {"Node name for S&R": entry["class_type"]}, "widgets_values": widgets}
+                options = spec_[1] if len(spec_) > 1 and isinstance(spec_[1], dict) else {}
+                if options.get("multiline") and not _is_link(value):
+                    extra_height += MULTILINE_HEIGHT
+        rows = max(len(inputs), len(info.get("output", []))) + len(widgets)
+        if entry["class_type"] in PREVIEW_CLASSES:
+            extra_height += PREVIEW_HEIGHT
+        node = {"id": ids[node_id], "type": entry["class_type"], "pos": [0, 0],
+                "size": [NODE_WIDTH, 40 + SLOT_HEIGHT * rows + extra_height], "flags": {}, "order": 0, "mode": 0,
+                "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": entry["class_type"]},
+                "widgets_values": widgets}
         title = (entry.get("_meta") or {}).get("title")
         if title and title != info.get("display_name"):
             node["title"] = title
@@ -71,23 +93,116 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
             by_id[ids[node_id]]["outputs"].append(
                 {"name": name, "type": kind if isinstance(kind, str) else "COMBO",
                  "links": outputs_links.get((node_id, slot), []), "slot_index": slot})
+    depth = _depths(prompt)
     for order, node_id in enumerate(sorted(prompt, key=lambda i: (depth[i], ids[i]))):
         by_id[ids[node_id]]["order"] = order
 
-    next_id = len(nodes) + 1
-    for note in spec.notes:
-        y = column_y.get(note.column, 80.0)
-        column_y[note.column] = y + note.height + ROW_GAP
-        nodes.append({"id": next_id, "type": "MarkdownNote", "pos": [40 + note.column * COLUMN_WIDTH, y],
-                      "size": [NODE_WIDTH, note.height], "flags": {}, "order": len(nodes), "mode": 0, "inputs": [],
-                      "outputs": [], "properties": {}, "widgets_values": [note.text], "title": note.title,
-                      "color": "#432", "bgcolor": "#653"})
-        next_id += 1
+    note_nodes, notes_right, notes_bottom = _place_notes(spec.notes, len(nodes) + 1, len(nodes))
+    groups = _place_groups(spec, {node_id: by_id[ids[node_id]] for node_id in prompt}, notes_right)
+    nodes.extend(note_nodes)
+    first_right = groups[0]["bounding"][0] + groups[0]["bounding"][2] if groups else notes_right
+    return {"id": _stable_uuid(spec.name), "revision": 0, "last_node_id": len(nodes), "last_link_id": len(links),
+            "nodes": nodes, "links": links, "groups": groups, "config": {},
+            "extra": {"ds": _first_screen_view(max(first_right, notes_right), notes_bottom)}, "version": 0.4}
 
-    return {"id": _stable_uuid(spec.name), "revision": 0, "last_node_id": next_id - 1, "last_link_id": len(links),
-            "nodes": nodes, "links": links, "groups": [_group(title, members, ids, by_id)
-                                                       for title, members in spec.groups.items()],
-            "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+def _place_notes(notes: list, first_id: int, order: int) -> tuple[list[dict], float, float]:
+    """Notes in columns at the top left, in spec order (the read-me first); returns them, their right and bottom."""
+    placed, x, y, bottom = [], 0.0, 0.0, 0.0
+    for index, note in enumerate(notes):
+        if y > 0 and y + TITLE_BAR + note.height > NOTES_HEIGHT:
+            x, y = x + NOTE_WIDTH + ROW_GAP, 0.0
+        placed.append({"id": first_id + index, "type": "MarkdownNote", "pos": [x, y + TITLE_BAR],
+                       "size": [NOTE_WIDTH, note.height], "flags": {}, "order": order + index, "mode": 0,
+                       "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note.text],
+                       "title": note.title, "color": "#432", "bgcolor": "#653"})
+        y += TITLE_BAR + note.height + ROW_GAP
+        bottom = max(bottom, y - ROW_GAP)
+    right = x + NOTE_WIDTH if notes else 0.0
+    return placed, right, bottom
+
+
+def _first_screen_view(right: float, bottom: float) -> dict:
+    """extra.ds: the zoom and offset that show the notes and the first group in the first screen (at most 100%)."""
+    width, height = SCREEN[0] - SCREEN_MARGIN[0] - 20, SCREEN[1] - SCREEN_MARGIN[1] - 20
+    scale = min(1.0, width / max(right, 1.0), height / max(bottom, 1.0))
+    scale = max(0.5, round(scale - 0.005, 2))
+    return {"scale": scale, "offset": [round(SCREEN_MARGIN[0] / scale + 1, 1), round(SCREEN_MARGIN[1] / scale + 1, 1)]}
+
+
+def _stage_of(spec: WorkflowSpec) -> dict[str, str]:
+    """Each node's group: as the spec says; a node it leaves out joins the group of its first consumer, else of its
+    first source, else the last group."""
+    prompt, titles = spec.prompt, list(spec.groups)
+    stage = {m: title for title, members in spec.groups.items() for m in members if m in prompt}
+    consumers: dict[str, list[str]] = {}
+    for node_id, entry in prompt.items():
+        for value in entry["inputs"].values():
+            if _is_link(value):
+                consumers.setdefault(value[0], []).append(node_id)
+    for _ in range(len(prompt)):
+        for node_id, entry in prompt.items():
+            if node_id in stage:
+                continue
+            near = consumers.get(node_id, []) + [v[0] for v in entry["inputs"].values() if _is_link(v)]
+            found = [stage[n] for n in near if n in stage]
+            if found:
+                stage[node_id] = found[0]
+    for node_id in prompt:
+        stage.setdefault(node_id, titles[-1] if titles else "")
+    return stage
+
+
+def _stage_order(spec: WorkflowSpec, stage: dict[str, str]) -> list[str]:
+    """Groups in data-flow order (a group after every group it takes inputs from), ties in spec order."""
+    titles = list(dict.fromkeys([*spec.groups, *stage.values()]))
+    after: dict[str, set[str]] = {t: set() for t in titles}
+    for node_id, entry in spec.prompt.items():
+        for value in entry["inputs"].values():
+            if _is_link(value) and stage[value[0]] != stage[node_id]:
+                after[stage[node_id]].add(stage[value[0]])
+    order: list[str] = []
+    while len(order) < len(titles):
+        ready = [t for t in titles if t not in order and after[t] <= set(order)]
+        order.append(ready[0] if ready else next(t for t in titles if t not in order))  # a cycle: spec order
+    return order
+
+
+def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float) -> list[dict]:
+    """Place the nodes group by group, left to right; returns the groups (none for a spec without groups)."""
+    prompt = spec.prompt
+    stage = _stage_of(spec)
+    groups = []
+    x = left + GROUP_GAP if left else 0.0
+    for index, title in enumerate(_stage_order(spec, stage)):
+        members = [n for n in prompt if stage[n] == title]
+        local = _depths({n: {"inputs": {k: v for k, v in prompt[n]["inputs"].items()
+                                        if not _is_link(v) or stage.get(v[0]) == title}} for n in members})
+        columns: dict[int, list[str]] = {}
+        for n in members:
+            columns.setdefault(local[n], []).append(n)
+        top = GROUP_TITLE + TITLE_BAR + GROUP_PAD if title else TITLE_BAR
+        bottom = top
+        for column in sorted(columns):
+            rank = {n: i for i, n in enumerate(prompt)}
+            if column:  # beside their sources: sorted by the mean height of their sources in this group
+                def source_y(n: str) -> float:
+                    ys = [ui_nodes[v[0]]["pos"][1] for v in prompt[n]["inputs"].values()
+                          if _is_link(v) and v[0] in ui_nodes and stage.get(v[0]) == title]
+                    return sum(ys) / len(ys) if ys else float("inf")
+                columns[column].sort(key=lambda n: (source_y(n), rank[n]))
+            y = top
+            for n in columns[column]:
+                node = ui_nodes[n]
+                node["pos"] = [x + GROUP_PAD + column * (NODE_WIDTH + COLUMN_GAP), y]
+                y += node["size"][1] + TITLE_BAR + ROW_GAP
+            bottom = max(bottom, y - TITLE_BAR - ROW_GAP)
+        width = 2 * GROUP_PAD + len(columns) * NODE_WIDTH + (len(columns) - 1) * COLUMN_GAP
+        if title:
+            groups.append({"title": title, "bounding": [x, 0.0, width, bottom + GROUP_PAD],
+                           "color": GROUP_COLORS[index % len(GROUP_COLORS)], "font_size": 24, "flags": {}})
+        x += width + GROUP_GAP
+    return groups
 
 
 def _class_info(object_info: dict, class_type: str, node_id: str) -> dict:
@@ -136,28 +251,43 @@ def _depths(prompt: dict) -> dict[str, int]:
     return depth
 
 
-def _group(title: str, members: list[str], ids: dict[str, int], by_id: dict[int, dict]) -> dict:
-    boxes = [by_id[ids[m]] for m in members]
-    x0 = min(b["pos"][0] for b in boxes) - 20
-    y0 = min(b["pos"][1] for b in boxes) - 60
-    x1 = max(b["pos"][0] + b["size"][0] for b in boxes) + 20
-    y1 = max(b["pos"][1] + b["size"][1] for b in boxes) + 20
-    return {"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": "#3f789e", "font_size": 24, "flags": {}}
-
-
 def _stable_uuid(name: str) -> str:
     import uuid
 
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"memory-v2v/workflows/{name}"))
 
 
-def write_workflows(object_info: dict, out_dir: Path) -> list[Path]:
-    """Write every spec of the catalog to ``out_dir/<name>.json``."""
+MAIN_WORKFLOW = "memv2v_multiturn_nvs"  # listed first in the template browser
+INDEX_NAME = "workflow_templates.json"  # in web/; web/templates.js gives it to the template browser
+
+
+def template_index(specs: list[WorkflowSpec]) -> list[dict]:
+    """The template browser's entries in the format of ComfyUI's own templates/index.json: one category (the pack),
+    the main workflow first. ComfyUI itself lists custom-node templates by file name only; web/templates.js swaps
+    this category in (its moduleName becomes the pack's folder name there)."""
+    ordered = sorted(specs, key=lambda spec: spec.name != MAIN_WORKFLOW)
+    return [{"moduleName": "memory-v2v", "title": "Memory-V2V", "type": "video", "templates": [
+        {"name": spec.name, "title": spec.title or spec.name.replace("_", " "),
+         "description": spec.description or (spec.notes[0].title if spec.notes else spec.name.replace("_", " ")),
+         "mediaType": "image", "mediaSubtype": "jpg"} for spec in ordered]}]
+
+
+def write_workflows(object_info: dict, out_dir: Path, index_path: Path | None = None,
+                    thumbnails: bool = True) -> list[Path]:
+    """Write every spec of the catalog to ``out_dir/<name>.json``, its thumbnail ``<name>.jpg`` and the template
+    index (``web/workflow_templates.json`` beside ``out_dir``)."""
     written = []
     for spec in SPECS:
         path = out_dir / f"{spec.name}.json"
         path.write_text(json.dumps(api_to_ui(spec, object_info), indent=2) + "\n")
         written.append(path)
+    if thumbnails:
+        from .thumbnails import write_thumbnails
+
+        written += write_thumbnails([spec.name for spec in SPECS], out_dir)
+    index_path = index_path or out_dir.parent / "web" / INDEX_NAME
+    index_path.write_text(json.dumps(template_index(SPECS), indent=2) + "\n")
+    written.append(index_path)
     return written
 
 

@@ -87,9 +87,13 @@ def long_video_edit() -> WorkflowSpec:
              "memory tokens (previous segment first). Any Wan V2V model with concatenated source channels works "
              "the same way.", column=1, title="Models", height=360),
     ]
-    groups = {"Source segment": ["7", "8", "10", SPLIT, "15"], "Memory": ["11", "12", "13", "16", "17", "20"],
-              "Result": ["21", "22", "23"]}
-    return WorkflowSpec("memv2v_long_video_edit", prompt, notes, groups, controls={SPLIT: {"index": "increment"}})
+    groups = {"1. Models": ["1", "2", "6", "12", "14"], "2. Edit instruction": ["3", "4", "5"],
+              "3. Source segment": ["7", "8", "10", SPLIT, "15"], "4. Memory: earlier edited segments": ["11", "13", "16"],
+              "5. Edit": ["17", "18", "19"], "6. Remember and stitch": ["20", "21", "22", "23"]}
+    return WorkflowSpec("memv2v_long_video_edit", prompt, notes, groups, controls={SPLIT: {"index": "increment"}},
+                        title="Long video edit, one segment per run (LucyEdit)",
+                        description="Edit a long video segment by segment with a text instruction; each segment sees "
+                                    "the segments already edited, so the edit stays consistent.")
 
 
 def specs() -> list[WorkflowSpec]:

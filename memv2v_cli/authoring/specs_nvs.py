@@ -87,6 +87,13 @@ def multiturn_nvs() -> WorkflowSpec:
     prompt.update(_output_nodes(["12", 0], ["16", 0]))
     prompt["22"] = node("MemV2V_BankAdd", "Remember This Turn", bank=["14", 0], samples=["18", 0], camera=["13", 0],
                         parents=["15", 0], model=["1", 0])
+    # What an artist looks at after a run: why these memories (the cameras and their fields of view, ranked as FOV
+    # Retrieve ranked them; it reads the bank as loaded, before this turn is added) and what the bank now holds.
+    prompt["23"] = node("MemV2V_CameraPreview", "Why These Memories (camera preview)", camera=["13", 0],
+                        bank=["14", 0], top_k=6, lam=0.5, sphere_radius=1.0)
+    prompt["24"] = node("MemV2V_BankInspect", "What The Bank Holds", bank=["22", 0], max_entries=12, frames=6,
+                        thumb_height=60)
+    prompt["25"] = node("PreviewImage", "Contact Sheet", images=["24", 0])
     notes = [
         Note("### Multi-turn novel view synthesis\nEach queue run re-renders **Source Video** along a new camera and "
              "**adds the result to the bank** `my_scene` (under `output/memory_banks/`). Later turns retrieve the "
@@ -105,9 +112,14 @@ def multiturn_nvs() -> WorkflowSpec:
              column=5, title="What happens", height=210),
         CAMERA_NOTE,
     ]
-    groups = {"Models": ["1", "2", "3", "4", "12"], "Source video": ["5", "6", "7", "8", "9"],
-              "Memory": ["14", "15", "16", "22"], "Render": ["13", "17", "18", "19", "20", "21"]}
-    return WorkflowSpec("memv2v_multiturn_nvs", prompt, notes, groups)
+    groups = {"1. Models": ["1", "2", "3", "4", "12"],
+              "2. Source video, prompt, camera": ["5", "6", "7", "8", "9", "10", "11", "13"],
+              "3. Memory: retrieve and tokenize": ["14", "15", "16"],
+              "4. Render": ["17", "18", "19", "20", "21"],
+              "5. Remember, and see why": ["22", "23", "24", "25"]}
+    return WorkflowSpec("memv2v_multiturn_nvs", prompt, notes, groups, title="Memory-V2V: multi-turn novel views",
+                        description="Render your video again along a new camera each turn; every turn remembers the "
+                                    "earlier ones so the scene stays the same.")
 
 
 def recammaster_no_memory() -> WorkflowSpec:
@@ -118,6 +130,8 @@ def recammaster_no_memory() -> WorkflowSpec:
                         story_gap=5.0, target_frames=0)
     prompt.update(_output_nodes(["12", 0], ["16", 0]))
     prompt["21"]["inputs"]["filename_prefix"] = "memv2v/recammaster"
+    prompt["22"] = node("MemV2V_CameraPreview", "Camera Path", camera=["13", 0], top_k=6, lam=0.5,
+                        sphere_radius=1.0)
     notes = [
         Note("### ReCamMaster without memory\nRe-renders **Source Video** along the **Camera Preset** with the "
              "source as the only condition, as ReCamMaster does (no bank, nothing remembered). Use it to compare "
@@ -127,9 +141,13 @@ def recammaster_no_memory() -> WorkflowSpec:
         SIZE_NOTE,
         CAMERA_NOTE,
     ]
-    groups = {"Models": ["1", "2", "3", "4", "12"], "Source video": ["5", "6", "7", "8", "9"],
-              "Render": ["13", "16", "17", "18", "19", "20", "21"]}
-    return WorkflowSpec("memv2v_recammaster_no_memory", prompt, notes, groups)
+    groups = {"1. Models": ["1", "2", "3", "4", "12"],
+              "2. Source video, prompt, camera": ["5", "6", "7", "8", "9", "10", "11", "13", "22"],
+              "3. Render": ["16", "17", "18", "19", "20", "21"]}
+    return WorkflowSpec("memv2v_recammaster_no_memory", prompt, notes, groups,
+                        title="ReCamMaster without memory (for comparison)",
+                        description="Render your video along a new camera with plain ReCamMaster: no bank, nothing "
+                                    "remembered, to compare with the multi turn workflow.")
 
 
 def specs() -> list[WorkflowSpec]:

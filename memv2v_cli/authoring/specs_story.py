@@ -120,8 +120,14 @@ def story_storymem() -> WorkflowSpec:
              "(two KSamplerAdvanced restart it), ComfyUI draws other noise for a seed, and the keyframe CLIP "
              "model differs unless you load ViT-B/32.", column=4, title="Sampling", height=260),
     ]
-    # No groups: the layout is by dependency depth, so a group around the shot's settings would span the graph.
-    return WorkflowSpec("memv2v_story_storymem", prompt, notes)
+    groups = {"1. Models": ["1", "2", "3", "4", "5", "6", "7", "11", "16"],
+              "2. This shot": ["8", "12", "13", "14", "20", "21", "9", "10"],
+              "3. Story memory": ["15", "17", "18"],
+              "4. Render the shot": ["19", "22", "23", "24", "25", "26", "27", "28"],
+              "5. Remember the shot": ["29", "30", "31", "32"]}
+    return WorkflowSpec("memv2v_story_storymem", prompt, notes, groups, title="StoryMem: a story, one shot per run",
+                        description="Make a multi shot story with Wan 2.2 and the StoryMem LoRAs; each shot remembers "
+                                    "keyframes of the earlier shots.")
 
 
 def specs() -> list[WorkflowSpec]:

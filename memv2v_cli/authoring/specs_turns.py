@@ -43,8 +43,11 @@ def t2v_bank_turns() -> WorkflowSpec:
              "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` in `models/text_encoders`, "
              "`wan_2.1_vae.safetensors` in `models/vae`.", column=1, title="Models", height=150),
     ]
-    groups = {"Generate": ["1", "2", "3", "4", "5", "6", "7"], "Memory": ["12", "13", "14", "15"]}
-    return WorkflowSpec("memv2v_t2v_bank_turns", prompt, notes, groups)
+    groups = {"1. Models": ["1", "2", "5", "8"], "2. Prompt and size": ["3", "4", "6"],
+              "3. Generate": ["7", "9", "10", "11"], "4. Remember": ["12", "13", "14", "15"]}
+    return WorkflowSpec("memv2v_t2v_bank_turns", prompt, notes, groups, title="Wan 2.1 text to video, every clip remembered",
+                        description="Generate clips with Wan 2.1 and keep each one in a memory bank; the contact "
+                                    "sheet shows what the bank holds.")
 
 
 def specs() -> list[WorkflowSpec]:
