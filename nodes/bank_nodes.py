@@ -67,7 +67,7 @@ class BankLoad(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, rebuild_manifest=None):
+    def validate_inputs(cls, name=None):  # only the input it checks: ComfyUI repeats the message per named input
         if isinstance(name, str):  # a linked name arrives at run time and is checked then
             try:
                 _bank_dir(name)

@@ -103,7 +103,7 @@ class CameraLoad(io.ComfyNode):
         return (os.path.getmtime(path), os.path.getsize(path)) if os.path.isfile(path) else float("nan")
 
     @classmethod
-    def validate_inputs(cls, file: str, format: str, cam_index: int):
+    def validate_inputs(cls, file: str):  # only the input it checks: ComfyUI repeats the message per named input
         if not folder_paths.exists_annotated_filepath(file):
             return (f"file '{file}' is not in ComfyUI's input folder ({folder_paths.get_input_directory()}); "
                     "copy the trajectory file there and refresh the page")
@@ -137,7 +137,7 @@ class CameraPreview(io.ComfyNode):
                              tooltip="Optional second trajectory to compare with the target (drawn as rank 1)."),
                 io.Int.Input("top_k", default=DEFAULT_TOP_K, min=0, max=64,
                              tooltip="How many bank entries count as retrieved (coloured); use the value of your "
-                                     "FOV Retrieve node."),
+                                     "FOV Retrieve node (0 = memory off: none)."),
                 io.Float.Input("lam", display_name="lambda", default=DEFAULT_LAMBDA, min=0.0, max=1.0, step=0.05,
                                tooltip="Score = lambda * IoU + (1 - lambda) * containment of the target's view "
                                        "(0.5 in the paper)."),

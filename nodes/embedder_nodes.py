@@ -87,10 +87,15 @@ class EmbedderLoad(io.ComfyNode):
     def validate_inputs(cls, file: str) -> bool | str:
         # Naming ``file`` here replaces ComfyUI's list check for it, so workflows saved with the fallback's old
         # name still validate.
-        if not isinstance(file, str) or file in (FALLBACK, LEGACY_BUILTIN) or file in _weight_files():
+        if not isinstance(file, str) or file in (FALLBACK, LEGACY_BUILTIN):
             return True
-        return (f"file: '{file}' is not in {' or '.join(_models_dirs())}. Put the open_clip weights file there and "
-                f"refresh the node list (press R), or choose '{FALLBACK}'.")
+        path = folder_paths.get_full_path(MODELS_FOLDER, file) if file in _weight_files() else None
+        if path is None or not os.path.isfile(path):
+            return (f"file: '{file}' is not in {' or '.join(_models_dirs())}. Put the open_clip weights file there "
+                    f"and refresh the node list (press R), or choose '{FALLBACK}'.")
+        if not os.access(path, os.R_OK):
+            return f"file: '{file}' ({path}) cannot be read; check the file's permissions."
+        return True
 
     @classmethod
     def execute(cls, file: str, architecture: str, batch_size: int = DEFAULT_BATCH) -> io.NodeOutput:
@@ -139,7 +144,7 @@ class SegmentRetrieve(io.ComfyNode):
                                         "video's segments are retrieved."),
                 io.Int.Input("top_k", default=DEFAULT_TOP_K, min=0, max=64,
                              tooltip="How many earlier segments to retrieve, the previous one included (4 by "
-                                     "default)."),
+                                     "default). 0 = memory off: nothing is retrieved."),
                 io.Boolean.Input("recent_first", default=True,
                                  tooltip="Always put the immediately previous segment first (as the paper does): it "
                                          "keeps the seam between segments coherent."),
@@ -200,6 +205,8 @@ class SegmentRetrieve(io.ComfyNode):
             raise ValueError(f"{source}:{message[len('embedder:'):]}" if message.startswith("embedder:")
                              else message) from None
         table = format_segment_scores(result)
+        if top_k == 0:
+            table = "top_k = 0: memory off (nothing retrieved)\n" + table
         table += (f"\nembedder: {descriptor.embedder}, {descriptor.dim} values "
                   f"[{descriptor.embedder_id or 'no identity'}]")
         return io.NodeOutput(result.selection, descriptor, table, ui={"text": [table]})

@@ -190,9 +190,12 @@ USER_CAMERA_TEXT = {"target": "the target's camera per frame (ReCamMaster)", "id
 
 def _apply_summary(context: MemoryContext, merge, modules=None, camera=None, user_camera: str = "target") -> str:
     tokens = context_layout(context).num_tokens
-    merging = ("merging off" if merge is None else
-               f"{merge.mode} {merge.ratio:.0%} of memory frames ({merge.factor}x{merge.factor}) at the input of "
-               f"blocks {','.join(map(str, merge.blocks)) or 'none'}")
+    if context.memory_count == 0:  # nothing to merge: a plan would only mislead (e.g. the no-memory workflow)
+        merging = "no memory, so no merging"
+    else:
+        merging = ("merging off" if merge is None else
+                   f"{merge.mode} {merge.ratio:.0%} of memory frames ({merge.factor}x{merge.factor}) at the input of "
+                   f"blocks {','.join(map(str, merge.blocks)) or 'none'}")
     text = f"memory: {len(context.streams)} streams, {tokens:,} tokens; {merging}"
     if camera is not None and getattr(modules, "camera", None):
         text += (f"\ncamera: {camera.name or 'target'} on {len(modules.camera)} block(s); user video: "

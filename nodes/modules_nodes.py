@@ -90,6 +90,19 @@ class LoadModules(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, checkpoint: str):  # only the input it checks: ComfyUI repeats the message per name
+        """Before the run: the file is there and readable (what is inside is checked when the node runs)."""
+        if not isinstance(checkpoint, str):
+            return True
+        path = checkpoint_path(checkpoint)
+        if path is None or not os.path.isfile(path):
+            return (f"checkpoint '{checkpoint}' is not in models/diffusion_models or models/memv2v; put "
+                    "ReCamMaster's step20000.ckpt (or memoryv2v.ckpt) there and refresh the page (press R).")
+        if not os.access(path, os.R_OK):
+            return f"checkpoint '{checkpoint}' ({path}) cannot be read; check the file's permissions."
+        return True
+
+    @classmethod
     def fingerprint_inputs(cls, checkpoint: str, allow_partial: bool):
         path = checkpoint_path(checkpoint)
         return (os.path.getmtime(path), os.path.getsize(path)) if path and os.path.isfile(path) else float("nan")

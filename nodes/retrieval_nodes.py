@@ -30,7 +30,8 @@ class FOVRetrieve(io.ComfyNode):
                 Camera.Input("camera", tooltip="The target camera trajectory of the generation about to be made."),
                 io.Int.Input("top_k", default=DEFAULT_TOP_K, min=0, max=64,
                              tooltip="How many memories to keep, best first (6 = the top of Memory-V2V's trained "
-                                     "range); larger than the bank keeps them all."),
+                                     "range); larger than the bank keeps them all. 0 = memory off: nothing is "
+                                     "retrieved and the turn is plain ReCamMaster."),
                 io.Float.Input("lam", display_name="lambda", default=DEFAULT_LAMBDA, min=0.0, max=1.0, step=0.05,
                                tooltip="Weight of IoU against containment (the share of the target's view a memory "
                                        "covers); 0.5 as in the paper."),
@@ -53,6 +54,8 @@ class FOVRetrieve(io.ComfyNode):
         table = format_score_table(rows, {row["entry_id"]: bank.entry(row["entry_id"]).prompt for row in rows})
         scope = bank.retrieval_scope()
         table += f"\n({scope})" if scope else ""  # say why entries the artist remembers are not listed
+        if top_k == 0:  # said on the node: a 0 left in the widget silently turns memory off otherwise
+            table = "top_k = 0: memory off (nothing retrieved)\n" + table
         # For the bank browser (web/bank_browser.js): what this run retrieved, by full id, without parsing the table.
         retrieved = {"bank": bank.name, "node": "FOV Retrieve",
                      "entries": [{"id": row["entry_id"], "rank": row["rank"], "score": row["score"]}

@@ -80,15 +80,17 @@ class SplitSegments(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, segment_length=None, overlap=None, vae_temporal_stride=None, **_):
-        try:
-            if isinstance(segment_length, int):
-                check_segment_length(segment_length, vae_temporal_stride or WAN_TEMPORAL_STRIDE)
-            if isinstance(segment_length, int) and isinstance(overlap, int) and overlap >= segment_length:
-                return (f"overlap={overlap} must be less than segment_length={segment_length}; use e.g. "
-                        f"{min(DEFAULT_OVERLAP, segment_length - 1)}")
-        except ValueError as error:
-            return str(error)
+    def validate_inputs(cls, segment_length=None):
+        # ComfyUI 0.3.64 repeats a validate_inputs message once per input named here, so only segment_length is:
+        # one line, on the input it concerns. Wan's stride is assumed (the stride and overlap are checked when the
+        # node runs, with the same messages).
+        if isinstance(segment_length, int):
+            if not 1 <= segment_length <= MAX_FRAMES:
+                return f"segment_length={segment_length} must lie in 1..{MAX_FRAMES}; 81 is Wan's native length"
+            try:
+                check_segment_length(segment_length, WAN_TEMPORAL_STRIDE)
+            except ValueError as error:
+                return str(error)
         return True
 
     @classmethod

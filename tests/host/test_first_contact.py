@@ -1,0 +1,73 @@
+"""What a new user meets first, through the real host's routes: the template browser's files (every shipped workflow
+listed, a thumbnail each, titles and descriptions in the index web/templates.js reads) and validation messages
+that come once, on the input they concern."""
+
+import json
+import urllib.request
+from pathlib import Path
+
+from memv2v_cli import graph
+from memv2v_cli.authoring import builder
+from memv2v_cli.host.comfy_host import PACK_NAME
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+
+
+def fetch(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read()
+
+
+def test_template_browser_lists_every_workflow_with_title_description_and_thumbnail(host):
+    listed = host.client.get_json("/workflow_templates")
+    assert sorted(listed.get(PACK_NAME, [])) == SHIPPED, listed
+    for name in SHIPPED:  # the URLs the frontend builds: /api/workflow_templates/<folder>/<name>.json and .jpg
+        status, kind, body = fetch(f"{host.server.url}/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        assert status == 200 and kind == "image/jpeg" and body[:3] == b"\xff\xd8\xff" and len(body) < 60_000, name
+        status, _, body = fetch(f"{host.server.url}/api/workflow_templates/{PACK_NAME}/{name}.json")
+        assert json.loads(body)["nodes"], name
+    assert f"/extensions/{PACK_NAME}/templates.js" in host.client.get_json("/extensions")
+    _, _, body = fetch(f"{host.server.url}/extensions/{PACK_NAME}/{builder.INDEX_NAME}")
+    templates = json.loads(body)[0]["templates"]
+    assert [t["name"] for t in templates][0] == builder.MAIN_WORKFLOW
+    assert sorted(t["name"] for t in templates) == SHIPPED
+    for template in templates:
+        assert template["title"] != template["name"] and len(template["description"].split()) >= 6, template
+
+
+def node_errors(host, prompt: dict, node_id: str) -> list[dict]:
+    answer = host.client.validate(prompt) or {}
+    return ((answer.get("node_errors") or {}).get(node_id) or {}).get("errors", [])
+
+
+def shipped_prompt(host, name: str) -> dict:
+    return graph.ui_to_api(json.loads((REPO_ROOT / "workflows" / f"{name}.json").read_text()), host.object_info)
+
+
+def by_title(prompt: dict, title: str) -> str:
+    return next(i for i, node in prompt.items() if node["_meta"]["title"] == title)
+
+
+def test_a_bad_value_gives_one_error_line_naming_its_input(host):
+    prompt = shipped_prompt(host, "memv2v_long_video_edit")
+    split = next(i for i, node in prompt.items() if node["class_type"] == "MemV2V_SplitSegments")
+    bank = next(i for i, node in prompt.items() if node["class_type"] == "MemV2V_BankLoad")
+    assert node_errors(host, prompt, split) == []
+    prompt[split]["inputs"]["segment_length"] = 80
+    prompt[bank]["inputs"]["name"] = "../outside"
+    errors = node_errors(host, prompt, split)
+    assert len(errors) == 1, errors
+    assert errors[0]["extra_info"]["input_name"] == "segment_length" and "4k+1" in errors[0]["details"], errors
+    assert "77 or 81" in errors[0]["details"], errors
+    errors = node_errors(host, prompt, bank)
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "name", errors
+
+
+def test_load_camera_modules_checks_its_file_before_the_run(host):
+    prompt = shipped_prompt(host, "memv2v_multiturn_nvs")
+    modules = by_title(prompt, "Load Camera Modules")
+    prompt[modules]["inputs"]["checkpoint"] = "missing_step20000.ckpt"
+    errors = node_errors(host, prompt, modules)
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "checkpoint", errors
+    assert "missing_step20000.ckpt" in errors[0]["details"] and "models/diffusion_models" in errors[0]["details"]
