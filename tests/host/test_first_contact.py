@@ -63,11 +63,3 @@ def test_a_bad_value_gives_one_error_line_naming_its_input(host):
     errors = node_errors(host, prompt, bank)
     assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "name", errors
 
-
-def test_load_camera_modules_checks_its_file_before_the_run(host):
-    prompt = shipped_prompt(host, "memv2v_multiturn_nvs")
-    modules = by_title(prompt, "Load Camera Modules")
-    prompt[modules]["inputs"]["checkpoint"] = "missing_step20000.ckpt"
-    errors = node_errors(host, prompt, modules)
-    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "checkpoint", errors
-    assert "missing_step20000.ckpt" in errors[0]["details"] and "models/diffusion_models" in errors[0]["details"]
