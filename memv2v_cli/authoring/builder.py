@@ -18,14 +18,17 @@ from .catalog import SPECS
 from .spec import WorkflowSpec
 
 NODE_WIDTH = 340
-COLUMN_GAP = 60  # between the columns of a group: room for the wires
+COLUMN_GAP = 50  # between the columns of a group: room for the wires
 ROW_GAP = 40
 SLOT_HEIGHT = 26
 TITLE_BAR = 30  # litegraph draws a node's title above its pos
-GROUP_TITLE = 50  # a group's title bar (font 24) and the space under it
+TITLE_CHAR_WIDTH = 0.62  # of the font size: a generous average glyph width of the group title font
+TITLE_MIN_FONT, TITLE_MAX_FONT = 24, 72
+TITLE_FIT_PX = 14  # group titles stay this tall on screen when the whole graph is fitted to a 1600 px window
 GROUP_PAD = 20
 GROUP_GAP = 80  # between groups, and between the notes and the first group
 NOTE_WIDTH = 420
+NOTE_TEXT_SHRINK = 0.8  # the wider note needs less height than Note.height (measured in the frontend)
 NOTES_HEIGHT = 1000  # a column of notes is at most this tall; more notes start another column
 MULTILINE_HEIGHT = 110  # a multiline text box
 PREVIEW_HEIGHT = 260  # room for the image or video a node shows after a run
@@ -74,7 +77,8 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
                 options = spec_[1] if len(spec_) > 1 and isinstance(spec_[1], dict) else {}
                 if options.get("multiline") and not _is_link(value):
                     extra_height += MULTILINE_HEIGHT
-        rows = max(len(inputs), len(info.get("output", []))) + len(widgets)
+        sockets = sum(1 for name, _ in _ordered_inputs(info) if name not in slots or slots[name].force_input)
+        rows = max(sockets, len(info.get("output", []))) + len(widgets)
         if entry["class_type"] in PREVIEW_CLASSES:
             extra_height += PREVIEW_HEIGHT
         node = {"id": ids[node_id], "type": entry["class_type"], "pos": [0, 0],
@@ -98,7 +102,12 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
         by_id[ids[node_id]]["order"] = order
 
     note_nodes, notes_right, notes_bottom = _place_notes(spec.notes, len(nodes) + 1, len(nodes))
-    groups = _place_groups(spec, {node_id: by_id[ids[node_id]] for node_id in prompt}, notes_right)
+    ui_nodes = {node_id: by_id[ids[node_id]] for node_id in prompt}
+    groups = _place_groups(spec, ui_nodes, notes_right, TITLE_MIN_FONT)
+    if groups:  # titles big enough to read when the whole graph is fitted to the screen
+        right = groups[-1]["bounding"][0] + groups[-1]["bounding"][2]
+        font = int(min(TITLE_MAX_FONT, max(TITLE_MIN_FONT, TITLE_FIT_PX * right / (SCREEN[0] - 100))))
+        groups = _place_groups(spec, ui_nodes, notes_right, font)
     nodes.extend(note_nodes)
     first_right = groups[0]["bounding"][0] + groups[0]["bounding"][2] if groups else notes_right
     return {"id": _stable_uuid(spec.name), "revision": 0, "last_node_id": len(nodes), "last_link_id": len(links),
@@ -110,13 +119,14 @@ def _place_notes(notes: list, first_id: int, order: int) -> tuple[list[dict], fl
     """Notes in columns at the top left, in spec order (the read-me first); returns them, their right and bottom."""
     placed, x, y, bottom = [], 0.0, 0.0, 0.0
     for index, note in enumerate(notes):
-        if y > 0 and y + TITLE_BAR + note.height > NOTES_HEIGHT:
+        height = round(note.height * NOTE_TEXT_SHRINK)  # spec heights were set for a 340 px wide note
+        if y > 0 and y + TITLE_BAR + height > NOTES_HEIGHT:
             x, y = x + NOTE_WIDTH + ROW_GAP, 0.0
         placed.append({"id": first_id + index, "type": "MarkdownNote", "pos": [x, y + TITLE_BAR],
-                       "size": [NOTE_WIDTH, note.height], "flags": {}, "order": order + index, "mode": 0,
+                       "size": [NOTE_WIDTH, height], "flags": {}, "order": order + index, "mode": 0,
                        "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note.text],
                        "title": note.title, "color": "#432", "bgcolor": "#653"})
-        y += TITLE_BAR + note.height + ROW_GAP
+        y += TITLE_BAR + height + ROW_GAP
         bottom = max(bottom, y - ROW_GAP)
     right = x + NOTE_WIDTH if notes else 0.0
     return placed, right, bottom
@@ -168,7 +178,7 @@ def _stage_order(spec: WorkflowSpec, stage: dict[str, str]) -> list[str]:
     return order
 
 
-def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float) -> list[dict]:
+def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float, font: int) -> list[dict]:
     """Place the nodes group by group, left to right; returns the groups (none for a spec without groups)."""
     prompt = spec.prompt
     stage = _stage_of(spec)
@@ -181,7 +191,7 @@ def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float) ->
         columns: dict[int, list[str]] = {}
         for n in members:
             columns.setdefault(local[n], []).append(n)
-        top = GROUP_TITLE + TITLE_BAR + GROUP_PAD if title else TITLE_BAR
+        top = font * 1.4 + GROUP_PAD + TITLE_BAR if title else TITLE_BAR  # litegraph's title bar: 1.4 x font
         bottom = top
         for column in sorted(columns):
             rank = {n: i for i, n in enumerate(prompt)}
@@ -198,9 +208,10 @@ def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float) ->
                 y += node["size"][1] + TITLE_BAR + ROW_GAP
             bottom = max(bottom, y - TITLE_BAR - ROW_GAP)
         width = 2 * GROUP_PAD + len(columns) * NODE_WIDTH + (len(columns) - 1) * COLUMN_GAP
+        width = max(width, TITLE_CHAR_WIDTH * font * len(title) + 2 * GROUP_PAD)
         if title:
-            groups.append({"title": title, "bounding": [x, 0.0, width, bottom + GROUP_PAD],
-                           "color": GROUP_COLORS[index % len(GROUP_COLORS)], "font_size": 24, "flags": {}})
+            groups.append({"id": len(groups) + 1, "title": title, "bounding": [x, 0.0, round(width), bottom + GROUP_PAD],
+                           "color": GROUP_COLORS[index % len(GROUP_COLORS)], "font_size": font, "flags": {}})
         x += width + GROUP_GAP
     return groups
 

@@ -88,7 +88,7 @@ def long_video_edit() -> WorkflowSpec:
              "the same way.", column=1, title="Models", height=360),
     ]
     groups = {"1. Models": ["1", "2", "6", "12", "14"], "2. Edit instruction": ["3", "4", "5"],
-              "3. Source segment": ["7", "8", "10", SPLIT, "15"], "4. Memory: earlier edited segments": ["11", "13", "16"],
+              "3. Source segment": ["7", "8", "10", SPLIT, "15"], "4. Memory": ["11", "13", "16"],
               "5. Edit": ["17", "18", "19"], "6. Remember and stitch": ["20", "21", "22", "23"]}
     return WorkflowSpec("memv2v_long_video_edit", prompt, notes, groups, controls={SPLIT: {"index": "increment"}},
                         title="Long video edit, one segment per run (LucyEdit)",

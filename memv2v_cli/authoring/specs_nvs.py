@@ -113,10 +113,10 @@ def multiturn_nvs() -> WorkflowSpec:
         CAMERA_NOTE,
     ]
     groups = {"1. Models": ["1", "2", "3", "4", "12"],
-              "2. Source video, prompt, camera": ["5", "6", "7", "8", "9", "10", "11", "13"],
-              "3. Memory: retrieve and tokenize": ["14", "15", "16"],
+              "2. Source and camera": ["5", "6", "7", "8", "9", "10", "11", "13"],
+              "3. Memory": ["14", "15", "16"],
               "4. Render": ["17", "18", "19", "20", "21"],
-              "5. Remember, and see why": ["22", "23", "24", "25"]}
+              "5. Remember, see why": ["22", "23", "24", "25"]}
     return WorkflowSpec("memv2v_multiturn_nvs", prompt, notes, groups, title="Memory-V2V: multi-turn novel views",
                         description="Render your video again along a new camera each turn; every turn remembers the "
                                     "earlier ones so the scene stays the same.")
@@ -142,7 +142,7 @@ def recammaster_no_memory() -> WorkflowSpec:
         CAMERA_NOTE,
     ]
     groups = {"1. Models": ["1", "2", "3", "4", "12"],
-              "2. Source video, prompt, camera": ["5", "6", "7", "8", "9", "10", "11", "13", "22"],
+              "2. Source and camera": ["5", "6", "7", "8", "9", "10", "11", "13", "22"],
               "3. Render": ["16", "17", "18", "19", "20", "21"]}
     return WorkflowSpec("memv2v_recammaster_no_memory", prompt, notes, groups,
                         title="ReCamMaster without memory (for comparison)",

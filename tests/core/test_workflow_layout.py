@@ -14,7 +14,6 @@ from memv2v_cli.authoring.catalog import SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
-TITLE_CHAR_WIDTH = 0.62  # of the font size: a generous average glyph width
 
 
 def box(node: dict) -> tuple[float, float, float, float]:
@@ -45,7 +44,7 @@ def check_layout(workflow: dict, name: str) -> None:
         for j, b in enumerate(boxes[i + 1:], start=i + 1):
             assert not overlap(a, b), f"{name}: groups {groups[i]['title']!r} and {groups[j]['title']!r} overlap"
     for group, (x0, _, x1, _) in zip(groups, boxes):
-        title_width = TITLE_CHAR_WIDTH * group["font_size"] * len(group["title"]) + 20
+        title_width = builder.TITLE_CHAR_WIDTH * group["font_size"] * len(group["title"]) + 20
         assert title_width <= x1 - x0, f"{name}: the title {group['title']!r} is wider than its group"
     notes = [n for n in nodes if n["type"] == "MarkdownNote"]
     for node in nodes:

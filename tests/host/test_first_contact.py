@@ -37,7 +37,9 @@ def test_template_browser_lists_every_workflow_with_title_description_and_thumbn
 
 
 def node_errors(host, prompt: dict, node_id: str) -> list[dict]:
-    answer = host.client.validate(prompt) or {}
+    # The demo pack's validate-only route runs /prompt's validation and returns node_errors even when another
+    # output of the graph is valid (then /prompt would queue that part and still report these errors).
+    answer = host.client.post_json("/memv2v_demo/validate", {"prompt": prompt}, timeout=120)
     return ((answer.get("node_errors") or {}).get(node_id) or {}).get("errors", [])
 
 
@@ -63,3 +65,12 @@ def test_a_bad_value_gives_one_error_line_naming_its_input(host):
     errors = node_errors(host, prompt, bank)
     assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "name", errors
 
+
+
+def test_load_camera_modules_checks_its_file_before_the_run(host):
+    prompt = shipped_prompt(host, "memv2v_multiturn_nvs")
+    modules = by_title(prompt, "Load Camera Modules")
+    prompt[modules]["inputs"]["checkpoint"] = "missing_step20000.ckpt"
+    errors = node_errors(host, prompt, modules)
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "checkpoint", errors
+    assert "missing_step20000.ckpt" in errors[0]["details"] and "models/diffusion_models" in errors[0]["details"]
