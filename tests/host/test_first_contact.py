@@ -74,3 +74,39 @@ def test_load_camera_modules_checks_its_file_before_the_run(host):
     errors = node_errors(host, prompt, modules)
     assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "checkpoint", errors
     assert "missing_step20000.ckpt" in errors[0]["details"] and "models/diffusion_models" in errors[0]["details"]
+
+
+def test_top_k_zero_says_memory_off_and_no_merge_plan_is_reported(host):
+    from host_prompts import decode_and_save_nodes, tiny_sampler_nodes
+    from memv2v_core.bank.memory_bank import MemoryBank
+    from memv2v_core.camera.presets import preset_trajectory
+
+    import torch
+
+    bank = MemoryBank.open(host.server.output_dir / "memory_banks" / "first_contact_top_k", create=True)
+    trajectory = preset_trajectory("pan_left", frames=5)
+    bank.add(torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1)), latent_format="wan21",
+             camera=trajectory.c2w, intrinsics=trajectory.intrinsics, prompt="an earlier turn")
+    prompt = tiny_sampler_nodes(Path(host.assets["dit"]).name, seed=5)
+    prompt.update(decode_and_save_nodes(Path(host.assets["vae"]).name, ["6", 0], "first_contact/top_k"))
+    prompt.update({
+        "11": {"class_type": "MemV2V_BankLoad", "inputs": {"name": "first_contact_top_k"}},
+        "12": {"class_type": "MemV2V_CameraPreset", "inputs": {"preset": "pan_right", "frames": 5, "strength": 1.0,
+                                                               "subject_distance": 4.0}},
+        "13": {"class_type": "MemV2V_FOVRetrieve", "inputs": {"bank": ["11", 0], "camera": ["12", 0], "top_k": 0,
+                                                              "lam": 0.5, "sphere_radius": 1.0}},
+        "14": {"class_type": "MemV2V_DynamicTokenize",
+               "inputs": {"selection": ["13", 0], "latent": ["4", 0], "mode": "nvs", "fine_ranks": 3,
+                          "user_kernel": "1x2x2", "fine_kernel": "1x4x4", "coarse_kernel": "1x8x8",
+                          "reverse_memory": True, "story_gap": 5.0, "target_frames": 0}},
+        "15": {"class_type": "MemV2V_ApplyMemory", "inputs": {"model": ["5", 0], "context": ["14", 0],
+                                                              "merge_blocks": "auto", "merge_ratio": 0.5,
+                                                              "merge_mode": "merge"}},
+    })
+    prompt["6"]["inputs"]["model"] = ["15", 0]
+    result = host.run(prompt)
+    assert result.status == "execution_success", result.messages[-3:]
+    retrieve = result.outputs["13"]["text"][0]
+    assert retrieve.startswith("top_k = 0: memory off"), retrieve
+    apply = result.outputs["15"]["text"][0]
+    assert "no memory, so no merging" in apply and "blocks" not in apply, apply
