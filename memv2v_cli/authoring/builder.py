@@ -2,7 +2,8 @@
 
 ``api_to_ui`` lays the graph out from the spec (notes at the top left, one group per stage side by side in
 data-flow order, wires from left to right) and fills ``widgets_values`` in the order the frontend expects
-(``graph.widget_slots``), so ``graph.ui_to_api`` gives the spec back. ``python -m memv2v_cli.authoring.builder --url URL`` rewrites ``workflows/`` from the specs in ``catalog``.
+(``graph.widget_slots``), so ``graph.ui_to_api`` gives the spec back. ``python -m memv2v_cli.authoring.builder
+--url URL`` rewrites ``workflows/`` (with the thumbnails) and the template index from the specs in ``catalog``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def api_to_ui(spec: WorkflowSpec, object_info: dict) -> dict:
                     socket["widget"] = {"name": name}
                 inputs.append(socket)
             elif slot is None and name in info["input"].get("required", {}):
-                raise ValueError(f"spec {spec.name}: node {node_id} ({entry['class_type']}) needs input {name!r} linked")
+                raise ValueError(f"spec {spec.name}: node {node_id} ({entry['class_type']}) needs input {name!r} "
+                                 "linked")
             if slot is not None and not slot.force_input:
                 widgets.append(value if value is not None and not _is_link(value) else slot.default)
                 widgets.extend(_extra_values(slot, spec.controls.get(node_id, {}).get(name, "fixed")))
@@ -137,7 +139,8 @@ def _first_screen_view(right: float, bottom: float) -> dict:
     width, height = SCREEN[0] - SCREEN_MARGIN[0] - 20, SCREEN[1] - SCREEN_MARGIN[1] - 20
     scale = min(1.0, width / max(right, 1.0), height / max(bottom, 1.0))
     scale = max(0.5, round(scale - 0.005, 2))
-    return {"scale": scale, "offset": [round(SCREEN_MARGIN[0] / scale + 1, 1), round(SCREEN_MARGIN[1] / scale + 1, 1)]}
+    # screen = (canvas + offset) * scale; the extra unit keeps rounding from pushing the notes past the margin
+    return {"scale": scale, "offset": [round(m / scale + 1, 1) for m in SCREEN_MARGIN]}
 
 
 def _stage_of(spec: WorkflowSpec) -> dict[str, str]:
@@ -210,7 +213,8 @@ def _place_groups(spec: WorkflowSpec, ui_nodes: dict[str, dict], left: float, fo
         width = 2 * GROUP_PAD + len(columns) * NODE_WIDTH + (len(columns) - 1) * COLUMN_GAP
         width = max(width, TITLE_CHAR_WIDTH * font * len(title) + 2 * GROUP_PAD)
         if title:
-            groups.append({"id": len(groups) + 1, "title": title, "bounding": [x, 0.0, round(width), bottom + GROUP_PAD],
+            groups.append({"id": len(groups) + 1, "title": title,
+                           "bounding": [x, 0.0, round(width), bottom + GROUP_PAD],
                            "color": GROUP_COLORS[index % len(GROUP_COLORS)], "font_size": font, "flags": {}})
         x += width + GROUP_GAP
     return groups

@@ -45,7 +45,8 @@ def t2v_bank_turns() -> WorkflowSpec:
     ]
     groups = {"1. Models": ["1", "2", "5", "8"], "2. Prompt and size": ["3", "4", "6"],
               "3. Generate": ["7", "9", "10", "11"], "4. Remember": ["12", "13", "14", "15"]}
-    return WorkflowSpec("memv2v_t2v_bank_turns", prompt, notes, groups, title="Wan 2.1 text to video, every clip remembered",
+    return WorkflowSpec("memv2v_t2v_bank_turns", prompt, notes, groups,
+                        title="Wan 2.1 text to video, every clip remembered",
                         description="Generate clips with Wan 2.1 and keep each one in a memory bank; the contact "
                                     "sheet shows what the bank holds.")
 

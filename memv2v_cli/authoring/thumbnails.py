@@ -40,8 +40,9 @@ def _arrow(draw: ImageDraw.ImageDraw, start: tuple[float, float], end: tuple[flo
     (x0, y0), (x1, y1) = start, end
     length = max(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5, 1e-6)
     ux, uy = (x1 - x0) / length, (y1 - y0) / length
-    draw.polygon([(x1, y1), (x1 - 12 * ux - 6 * uy, y1 - 12 * uy + 6 * ux), (x1 - 12 * ux + 6 * uy, y1 - 12 * uy - 6 * ux)],
-                 fill=color)
+    left = (x1 - 12 * ux - 6 * uy, y1 - 12 * uy + 6 * ux)
+    right = (x1 - 12 * ux + 6 * uy, y1 - 12 * uy - 6 * ux)
+    draw.polygon([(x1, y1), left, right], fill=color)
 
 
 def _clip(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], color, label: str = "",

@@ -68,7 +68,8 @@ def check_layout(workflow: dict, name: str) -> None:
         assert inside(on_screen, screen), f"{name}: note {note['title']!r} is outside the first screen ({on_screen})"
     if groups:  # the first group's title is in the first screen too
         x0, y0, _, _ = boxes[min(range(len(groups)), key=lambda i: boxes[i][0])]
-        assert screen[0] <= (x0 + ox) * scale and (x0 + ox + 300) * scale <= screen[2] and (y0 + oy) * scale >= screen[1]
+        left, right, top = (x0 + ox) * scale, (x0 + ox + 300) * scale, (y0 + oy) * scale
+        assert screen[0] <= left and right <= screen[2] and top >= screen[1], f"{name}: first group off screen"
     by_id = {n["id"]: n for n in nodes}
     for link_id, source, _, target, _, _ in workflow["links"]:
         s, t = by_id[source], by_id[target]
