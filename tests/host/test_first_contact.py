@@ -110,3 +110,20 @@ def test_top_k_zero_says_memory_off_and_no_merge_plan_is_reported(host):
     assert retrieve.startswith("top_k = 0: memory off"), retrieve
     apply = result.outputs["15"]["text"][0]
     assert "no memory, so no merging" in apply and "blocks" not in apply, apply
+
+
+def test_embedder_load_checks_its_file_before_the_run(host):
+    architecture = host.object_info["MemV2V_EmbedderLoad"]["input"]["required"]["architecture"][1]["default"]
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 5, "color": 0}},
+        "2": {"class_type": "MemV2V_BankLoad", "inputs": {"name": "first_contact_embedder"}},
+        "3": {"class_type": "MemV2V_EmbedderLoad", "inputs": {"file": "missing_open_clip.bin",
+                                                              "architecture": architecture, "batch_size": 8}},
+        "4": {"class_type": "MemV2V_SegmentRetrieve",
+              "inputs": {"bank": ["2", 0], "segment": ["1", 0], "segment_index": 0, "source_id": "abc", "top_k": 4,
+                         "recent_first": True, "embedder": ["3", 0]}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 2]}},
+    }
+    errors = node_errors(host, prompt, "3")
+    assert len(errors) == 1 and errors[0]["extra_info"]["input_name"] == "file", errors
+    assert "missing_open_clip.bin" in errors[0]["details"] and "models" in errors[0]["details"], errors
