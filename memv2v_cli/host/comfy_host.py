@@ -33,8 +33,17 @@ def _is_comfyui(path: Path) -> bool:
     return (path / "main.py").is_file() and (path / "comfy").is_dir() and (path / "nodes.py").is_file()
 
 
+def enclosing_comfyui(pack_root: Path = PACK_ROOT) -> Path | None:
+    """The ComfyUI whose ``custom_nodes`` holds the pack (as the pack's folder is named there, links not followed)."""
+    for root in dict.fromkeys((Path(os.path.abspath(pack_root)), pack_root.resolve())):
+        if root.parent.name == "custom_nodes" and _is_comfyui(root.parent.parent):
+            return root.parent.parent
+    return None
+
+
 def find_comfyui(explicit: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """Locate ComfyUI: ``explicit``, else ``$COMFYUI_PATH``, else ``~/comfy/ComfyUI``, else the ComfyUI holding this pack.
+    """Locate ComfyUI: ``explicit``, else the ComfyUI whose ``custom_nodes`` holds this pack, else ``$COMFYUI_PATH``,
+    else ``~/comfy/ComfyUI``.
 
     Returns the path (or None) and a sentence saying where it was looked for.
     """
@@ -42,17 +51,20 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> tuple[Path | None
     candidates: list[tuple[str, Path]] = []
     if explicit:
         candidates.append(("--comfyui", Path(explicit).expanduser()))
+    enclosing = enclosing_comfyui()
+    if enclosing is not None:
+        candidates.append(("the ComfyUI holding this pack", enclosing))
     if os.environ.get("COMFYUI_PATH"):
         candidates.append(("COMFYUI_PATH", Path(os.environ["COMFYUI_PATH"]).expanduser()))
     candidates.append(("default", Path("~/comfy/ComfyUI").expanduser()))
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(("enclosing", PACK_ROOT.parent.parent))
     for label, path in candidates:
         if _is_comfyui(path):
             return path.resolve(), f"ComfyUI found at {path} ({label})"
         tried.append(f"{label}: {path}")
-    return None, ("no ComfyUI found (looked at " + "; ".join(tried) +
-                  "). Set COMFYUI_PATH to a ComfyUI checkout, or put it at ~/comfy/ComfyUI.")
+        if label == "--comfyui":  # an explicit choice that is no ComfyUI is an error, not a hint to look elsewhere
+            break
+    return None, ("no ComfyUI found (looked at " + "; ".join(tried) + "). Put the pack in a ComfyUI's "
+                  "custom_nodes, set COMFYUI_PATH to a ComfyUI checkout, or put it at ~/comfy/ComfyUI.")
 
 
 def comfyui_version(comfyui: Path) -> str:
@@ -238,8 +250,9 @@ class ComfyServer:
     """A ComfyUI server process with its own base directory (models, custom_nodes, input, output, user)."""
 
     def __init__(self, comfyui: Path, base_dir: Path, python: str = sys.executable, port: int | None = None,
-                 extra_args: tuple[str, ...] = (), log_path: Path | None = None):
+                 extra_args: tuple[str, ...] = (), log_path: Path | None = None, env: dict[str, str] | None = None):
         self.comfyui = Path(comfyui)
+        self.env = dict(env or {})
         self.base_dir = Path(base_dir)
         self.python = python
         self.port = port or free_port()
@@ -288,7 +301,7 @@ class ComfyServer:
                 "--database-url", "sqlite:///:memory:", *self.extra_args]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, cwd=str(self.comfyui), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=subprocess_env())
+                                        stdin=subprocess.DEVNULL, env={**subprocess_env(), **self.env})
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
