@@ -242,10 +242,7 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
             graph.set_input(turn_prompt, segments.node_id, "index", index)
             changes.append(f"segment {index + 1} of {segments.count}")
         if vary_seed:
-            for node_id, node in turn_prompt.items():
-                for name in SEED_INPUTS & node["inputs"].keys():
-                    if not graph_link(node["inputs"][name]):
-                        node["inputs"][name] += turn
+            vary_seeds(turn_prompt, turn)
         for bank in banks:
             size = bank_size(client, bank)
             if size is not None:
@@ -272,6 +269,24 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
         out(f"  turn {turn + 1} done in {result.seconds:.1f} s")
         reports.append(report)
     return reports
+
+
+def vary_seeds(prompt: dict, turn: int) -> None:
+    """Seed + turn on every sampler seed: a literal seed widget, or the primitive a linked seed comes from. A negative
+    seed means "not set" (Bank Add's -1: record what the sampler used) and stays."""
+    sources = set()
+    for node in prompt.values():
+        for name in SEED_INPUTS & node["inputs"].keys():
+            value = node["inputs"][name]
+            if graph_link(value):
+                sources.add(value[0])
+            elif isinstance(value, int) and value >= 0:
+                node["inputs"][name] = value + turn
+    for node_id in sources:
+        node = prompt.get(node_id, {})
+        value = node.get("inputs", {}).get("value")
+        if node.get("class_type") in ("PrimitiveInt", "PrimitiveNode") and isinstance(value, int) and value >= 0:
+            node["inputs"]["value"] = value + turn
 
 
 def node_title(prompt: dict, node_id: str) -> str:

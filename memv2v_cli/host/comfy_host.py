@@ -35,7 +35,13 @@ def _is_comfyui(path: Path) -> bool:
 
 def enclosing_comfyui(pack_root: Path = PACK_ROOT) -> Path | None:
     """The ComfyUI whose ``custom_nodes`` holds the pack (as the pack's folder is named there, links not followed)."""
-    for root in dict.fromkeys((Path(os.path.abspath(pack_root)), pack_root.resolve())):
+    roots = [Path(os.path.abspath(pack_root)), pack_root.resolve()]
+    logical = Path(os.environ.get("PWD") or ".")  # a linked pack: the shell's path keeps the link's name
+    for folder in (logical, *logical.parents) if logical.is_absolute() else ():
+        if folder.resolve() == pack_root.resolve():
+            roots.append(folder)
+            break
+    for root in dict.fromkeys(roots):
         if root.parent.name == "custom_nodes" and _is_comfyui(root.parent.parent):
             return root.parent.parent
     return None
