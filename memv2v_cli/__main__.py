@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--comfyui", help="the ComfyUI folder (default: the one holding the pack, $COMFYUI_PATH, "
                                          "~/comfy/ComfyUI)")
     again.add_argument("--demo", action="store_true",
-                       help="replay a demo-mode turn on a private ComfyUI with the demo models (needs --base-dir)")
-    again.add_argument("--base-dir", help="the base directory of the demo run that made the bank")
+                       help="replay a demo-mode turn on a private ComfyUI with the demo models")
+    again.add_argument("--base-dir", help="the base directory of the demo run that made the bank (default: the demo "
+                                          "folder that holds BANK)")
     again.add_argument("--set", action="append", default=[], metavar="NODE.input=value",
                        help="change a widget for this replay only (e.g. to see what another seed gives); repeatable")
     again.add_argument("--keep-copy", action="store_true",

@@ -264,7 +264,7 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
             for text in texts:
                 out("    " + text.replace("\n", "\n    "))
         report.files = result.output_files()
-        for path in report.files:
+        for path in result.output_files(only="output"):  # saved files; previews in temp/ are not listed
             out(f"  output: {path}")
         out(f"  turn {turn + 1} done in {result.seconds:.1f} s")
         reports.append(report)

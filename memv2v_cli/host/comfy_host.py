@@ -136,12 +136,15 @@ class PromptResult:
     messages: list[tuple[str, dict]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def output_files(self, base_dir: Path | None = None) -> list[str]:
-        """Paths (relative to the output folder, or absolute when ``base_dir`` is given) of every file the prompt saved."""
+    def output_files(self, base_dir: Path | None = None, only: str | None = None) -> list[str]:
+        """Paths (relative to the output folder, or absolute when ``base_dir`` is given) of every file the prompt saved;
+        ``only="output"`` leaves out previews in ComfyUI's temp folder."""
         files = []
         for ui in self.outputs.values():
             for key in ("images", "gifs", "videos", "latents", "audio"):
                 for item in ui.get(key, []) or []:
+                    if only is not None and isinstance(item, dict) and item.get("type", "output") != only:
+                        continue
                     if isinstance(item, dict) and item.get("filename"):
                         rel = os.path.join(item.get("subfolder", ""), item["filename"])
                         folder = item.get("type", "output")
