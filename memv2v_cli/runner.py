@@ -484,8 +484,13 @@ def pack_installed(comfyui: Path) -> bool:
 def serve_demo(args, out: Callable[[str], None] = print) -> int:
     """The ``demo-server`` command: a private ComfyUI with every demo model, whose ``/prompt`` rewrites each queued
     graph into its demo form, so the shipped templates run from the browser. Runs until Ctrl-C."""
+    import signal
     import time
 
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the private ComfyUI too
     comfyui, where = comfy_host.find_comfyui(args.comfyui)
     if comfyui is None:
         raise UserError(where)
@@ -507,7 +512,9 @@ def serve_demo(args, out: Callable[[str], None] = print) -> int:
                 time.sleep(1)
         except KeyboardInterrupt:
             out("stopping the demo ComfyUI")
-    return 0
+            return 0
+    out(f"the demo ComfyUI stopped by itself; its log: {server.log_path}")
+    return 1
 
 
 def _report(reports: list[TurnReport], out: Callable[[str], None]) -> int:

@@ -60,3 +60,36 @@ def test_a_bad_set_against_a_running_server_exits_2_with_one_line(demo_server, t
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_demo_server_command_serves_the_templates_and_stops_on_sigterm(tmp_path):
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    process = subprocess.Popen([sys.executable, "-m", "memv2v_cli", "demo-server", "--base-dir", str(tmp_path)],
+                               cwd=REPO_ROOT, env=comfy_host.subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        lines, deadline, url = [], time.monotonic() + 600, None
+        for line in process.stdout:
+            lines.append(line)
+            found = re.search(r"demo ComfyUI at (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                url = found.group(1)
+                break
+            assert time.monotonic() < deadline, "".join(lines)
+        assert url, "".join(lines)
+        with urllib.request.urlopen(url + "/api/workflow_templates", timeout=30) as response:
+            listed = json.loads(response.read())
+        assert sorted(listed["memory-v2v"]) == sorted(p.stem for p in TEMPLATES)
+        assert (tmp_path / "memv2v_demo_assets.json").is_file()
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[0]
+        assert process.returncode == 0 and "stopping the demo ComfyUI" in rest, rest
+        with pytest.raises(OSError):  # the private ComfyUI is gone too
+            urllib.request.urlopen(url + "/system_stats", timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
