@@ -20,6 +20,7 @@ DEMO_SIZES = {
     "ImageFromBatch": {"length": 5},
     "MemV2V_CameraPreset": {"frames": 5},
     "MemV2V_StoryConditioning": {"width": 16, "height": 16, "length": 17},
+    "MemV2V_LongVideoEdit": {"width": 32, "height": 32},
 }
 DEMO_STEPS = 3
 # Segments of the demo clip (17 frames): two segments of 9 frames sharing one frame.
