@@ -21,6 +21,9 @@ DEMO_SIZES = {
     "MemV2V_CameraPreset": {"frames": 5},
     "MemV2V_StoryConditioning": {"width": 16, "height": 16, "length": 17},
     "MemV2V_LongVideoEdit": {"width": 32, "height": 32},
+    # Split / Stitch read VIDEO files resized on the fly where they have width/height (0: the source's size).
+    "MemV2V_SplitSegments": {"width": 32, "height": 32},
+    "MemV2V_StitchSegments": {"width": 32, "height": 32},
 }
 DEMO_STEPS = 3
 # Segments of the demo clip (17 frames): two segments of 9 frames sharing one frame.
