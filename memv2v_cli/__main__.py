@@ -6,6 +6,7 @@ import logging
 import sys
 
 from . import replay, runner, story_runner
+from .host import comfy_host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,10 +16,15 @@ def main(argv: list[str] | None = None) -> int:
                               description=runner.__doc__)
     run.add_argument("workflow", nargs="?", default=None,
                      help=f"a shipped workflow name (default {runner.DEFAULT_WORKFLOW}) or a path to a workflow .json")
-    run.add_argument("--turns", type=int, default=1, help="how many times to queue the workflow (default 1)")
+    run.add_argument("--turns", type=int, default=None,
+                     help="how many times to queue the workflow (default 1; for a per-segment edit workflow, the "
+                          "source's segment count, the index stepping one segment per turn)")
     run.add_argument("--set", action="append", default=[], metavar="NODE.input=v1,v2,...",
                      help="set a widget per turn (NODE: node id or title; values cycle over turns); repeatable")
-    run.add_argument("--base-dir", help="base directory for the demo ComfyUI (default: a new temporary folder)")
+    run.add_argument("--base-dir", help="base directory for the demo ComfyUI (default: a persistent folder per "
+                                        "workflow, ~/.cache/memv2v/demo/<workflow> on Linux, so a later run "
+                                        "continues the same bank)")
+    run.add_argument("--fresh", action="store_true", help="demo mode: empty the demo folder's banks first")
     run.add_argument("--fixed-seed", action="store_true", help="keep seeds as saved (default: seed + turn index)")
     story = commands.add_parser("story", help="run a whole StoryMem story script, shot by shot",
                                 description=story_runner.__doc__)
@@ -35,11 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (run, story):
         sub.add_argument("--url", help="use a running ComfyUI (e.g. http://127.0.0.1:8188) instead of starting one")
         sub.add_argument("--comfyui",
-                         help="the ComfyUI folder (default: $COMFYUI_PATH, ~/comfy/ComfyUI, or the one holding the pack)")
+                         help="the ComfyUI folder (default: the one holding the pack, $COMFYUI_PATH, ~/comfy/ComfyUI)")
         sub.add_argument("--demo", action="store_true",
                          help="force demo mode: tiny random models on a private ComfyUI (outputs are noise)")
     story.add_argument("--base-dir", help="base directory for the demo ComfyUI (default: <out>/demo-comfyui, so a "
                                           "demo story resumes too)")
+    serve = commands.add_parser("demo-server", help="start a demo ComfyUI where every shipped template runs on tiny "
+                                                     "models", description=runner.serve_demo.__doc__)
+    serve.add_argument("--comfyui", help="the ComfyUI folder (default: the one holding the pack, $COMFYUI_PATH, "
+                                         "~/comfy/ComfyUI)")
+    serve.add_argument("--base-dir", help="its base directory (default ~/.cache/memv2v/demo/ui on Linux)")
+    serve.add_argument("--port", type=int, help="the port (default: a free one)")
+    serve.add_argument("--fresh", action="store_true", help="empty the demo folder's banks first")
     again = commands.add_parser("replay", help="re-run a stored bank entry's exact prompt and compare the latents",
                                 description=replay.__doc__)
     again.add_argument("bank", metavar="BANK", help="the bank's folder, or its name under ComfyUI's "
@@ -48,25 +61,38 @@ def main(argv: list[str] | None = None) -> int:
                                                             "Bank Inspect or Bank Add)")
     again.add_argument("--url", help="use a running ComfyUI (e.g. http://127.0.0.1:8188) on this machine; BANK must "
                                      "be in its output/memory_banks")
-    again.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_PATH, ~/comfy/ComfyUI, or the one "
-                                         "holding the pack)")
+    again.add_argument("--comfyui", help="the ComfyUI folder (default: the one holding the pack, $COMFYUI_PATH, "
+                                         "~/comfy/ComfyUI)")
     again.add_argument("--demo", action="store_true",
-                       help="replay a demo-mode turn on a private ComfyUI with the demo models (needs --base-dir)")
-    again.add_argument("--base-dir", help="the base directory of the demo run that made the bank")
+                       help="replay a demo-mode turn on a private ComfyUI with the demo models")
+    again.add_argument("--base-dir", help="the base directory of the demo run that made the bank (default: the demo "
+                                          "folder that holds BANK)")
     again.add_argument("--set", action="append", default=[], metavar="NODE.input=value",
                        help="change a widget for this replay only (e.g. to see what another seed gives); repeatable")
     again.add_argument("--keep-copy", action="store_true",
                        help="keep the scratch bank the replay ran on (it is removed by default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "story":
-        return story_runner.run_story(args)
-    if args.command == "replay":
-        return replay.main(args)
-    if args.turns < 1:
-        parser.error("--turns must be at least 1")
-    return runner.run(args)
-
+    try:
+        if args.command == "story":
+            return story_runner.run_story(args)
+        if args.command == "replay":
+            return replay.main(args)
+        if args.command == "demo-server":
+            return runner.serve_demo(args)
+        return runner.run(args)
+    except runner.UserError as error:  # the user's mistake: the message, no traceback
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except comfy_host.PromptRejected as error:  # ComfyUI's validation: the values in the workflow need a fix
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except comfy_host.PromptFailed as error:
+        print(f"{parser.prog} {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 if __name__ == "__main__":
     sys.exit(main())

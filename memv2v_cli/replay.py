@@ -240,12 +240,26 @@ def _bank_folder(bank: str, roots: list[Path]) -> Path:
                       "the bank folder's path (e.g. ComfyUI/output/memory_banks/<name>)")
 
 
+def _demo_base_dir(bank: str) -> Path:
+    """The demo folder that holds ``bank``: the folder above a bank path's ``output/memory_banks``, else the one demo
+    folder of ``runner.demo_home()`` with a bank of that name."""
+    path = Path(bank).expanduser()
+    if path.is_dir() and path.parent.name == "memory_banks" and path.parent.parent.name == "output":
+        return path.resolve().parents[2]
+    found = sorted(p.parents[2] for p in runner.demo_home().glob(f"*/output/memory_banks/{bank}") if p.is_dir())
+    if len(found) != 1:
+        where = ", ".join(map(str, found)) if found else f"none under {runner.demo_home()}"
+        raise ReplayError(f"bank {bank!r}: {len(found)} demo folders hold it ({where}); give --base-dir of the demo "
+                          "run that made it")
+    return found[0]
+
+
 def main(args, out: Callable[[str], None] = print) -> int:
     """The ``replay`` command (see ``python -m memv2v_cli replay --help``)."""
     try:
         return _main(args, out)
     except (ReplayError, KeyError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"replay: {str(error).strip(chr(39))}") from None
+        raise runner.UserError(str(error).strip(chr(39))) from None
 
 
 def _main(args, out) -> int:
@@ -273,8 +287,7 @@ def _main(args, out) -> int:
         out(f"starting ComfyUI on {server.url} (log: {server.log_path})")
     else:
         if base_dir is None:
-            raise ReplayError("demo mode needs the --base-dir of the demo run that made the bank (or a bank folder "
-                              "path and --base-dir for the private ComfyUI)")
+            base_dir = _demo_base_dir(args.bank)
         bank_path = _bank_folder(args.bank, [base_dir / "output" / "memory_banks"])
         server, _ = runner.prepare_demo_server(comfyui, base_dir, out)
         out(runner.BANNER)

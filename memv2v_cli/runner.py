@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,8 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import graph
+from .demo import models as demo_models
+from .demo import rewrite
 from .demo import setup as demo_setup
 from .host import comfy_host
+from .demo.rewrite import DEMO_EMBEDDER, DEMO_STORY_VALUES, STORYMEM_DEMO_RANK, graph_link, to_demo  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -29,25 +35,30 @@ MODEL_INPUTS = {"unet_name", "vae_name", "clip_name", "clip_name1", "clip_name2"
                 "checkpoint", "model_name", "clip_vision_name"}
 SEED_INPUTS = {"seed", "noise_seed"}
 
-# Demo mode: small sizes and few steps, so a CPU finishes a turn in seconds.
-DEMO_SIZES = {
-    "EmptyHunyuanLatentVideo": {"width": 32, "height": 32, "length": 5},
-    "ImageScale": {"width": 32, "height": 32},
-    "KSampler": {"steps": 3},
-    "KSamplerAdvanced": {"steps": 3},
-    "BasicScheduler": {"steps": 3},
-    "ImageFromBatch": {"length": 5},
-    "MemV2V_CameraPreset": {"frames": 5},
-}
-# Demo stories: 16x16 px, 17 frames, 3 steps (1 on the high-noise expert), the tiny LoRA's rank.
-DEMO_STORY_VALUES = {"Steps": 3, "Expert Switch Step": 1}
-STORY_ASSETS = ("--with", "i2v_high", "--with", "i2v_low", "--with", "storymem_lora")
-STORYMEM_DEMO_RANK = 4
-DEMO_EMBEDDER = "(fallback) colour histogram - no weights, not an image encoder"
 # The demo video lives in this folder of the demo asset cache, and the tiny ReCamMaster-layout checkpoint next to it.
 DEMO_CAMERA_CHECKPOINT = "recammaster_ckpt"
 BANNER = ("DEMO MODE: tiny randomly initialised models on a private ComfyUI; the pictures are noise by design. "
           "Install the workflow's models to get real results.")
+SPLIT_CLASS = "MemV2V_SplitSegments"
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for (a bad option, workflow or node name): the CLI prints the message and
+    exits with status 2, without a traceback."""
+
+
+def demo_home() -> Path:
+    """Where demo runs keep their private ComfyUIs (one base directory per workflow, so banks persist between runs):
+    ``$MEMV2V_DEMO_HOME``, else the platform's cache folder + ``memv2v/demo`` (``~/.cache/memv2v/demo`` on Linux)."""
+    if os.environ.get("MEMV2V_DEMO_HOME"):
+        return Path(os.environ["MEMV2V_DEMO_HOME"]).expanduser()
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        cache = Path(os.environ["LOCALAPPDATA"])
+    elif sys.platform == "darwin":
+        cache = Path.home() / "Library" / "Caches"
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "memv2v" / "demo"
 
 
 @dataclass
@@ -67,18 +78,24 @@ def resolve_workflow(name_or_path: str | None) -> Path:
         if candidate.is_file():
             return candidate
     shipped = sorted(p.stem for p in WORKFLOWS_DIR.glob("*.json"))
-    raise FileNotFoundError(f"workflow {name!r} not found; shipped workflows: {', '.join(shipped) or 'none'}; "
+    raise UserError(f"workflow {name!r} not found; shipped workflows: {', '.join(shipped) or 'none'}; "
                             "or give a path to a workflow .json file")
 
 
 def load_api_prompt(path: Path, object_info: dict) -> dict:
     """Read a UI-format (what the ComfyUI frontend saves) or API-format workflow and return the API prompt."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise UserError(f"{path} is not JSON ({error}); give a workflow saved by ComfyUI") from None
     if isinstance(data, dict) and "nodes" in data and "links" in data:
-        return graph.ui_to_api(data, object_info)
+        try:
+            return graph.ui_to_api(data, object_info)
+        except (KeyError, ValueError) as error:
+            raise UserError(f"{path}: {str(error).strip(chr(39))}") from None
     if isinstance(data, dict) and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         return data
-    raise ValueError(f"{path} is neither a ComfyUI UI workflow nor an API prompt")
+    raise UserError(f"{path} is neither a ComfyUI UI workflow nor an API prompt")
 
 
 def missing_models(prompt: dict, object_info: dict) -> list[str]:
@@ -94,69 +111,6 @@ def missing_models(prompt: dict, object_info: dict) -> list[str]:
     return missing
 
 
-def to_demo(prompt: dict, assets: dict[str, str]) -> dict:
-    """Swap real models for the demo ones, text encoders for demo conditioning, and shrink sizes and steps."""
-    prompt = json.loads(json.dumps(prompt))
-    # A graph that loads camera modules needs a DiT with them: the tiny ReCamMaster-layout checkpoint feeds both.
-    camera_ckpt = assets.get(DEMO_CAMERA_CHECKPOINT)
-    with_modules = camera_ckpt is not None and any(n["class_type"] == "MemV2V_LoadModules" for n in prompt.values())
-    for node_id, node in list(prompt.items()):
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "UNETLoader":
-            dit = camera_ckpt if with_modules else assets["dit"]
-            inputs.update(unet_name=Path(dit).name, weight_dtype="default")
-        elif kind == "MemV2V_LoadModules" and camera_ckpt is not None:
-            inputs["checkpoint"] = Path(camera_ckpt).name
-        elif kind == "VAELoader":
-            inputs["vae_name"] = Path(assets["vae"]).name
-        elif kind == "CLIPTextEncode":
-            prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning", "_meta": node.get("_meta", {}),
-                               "inputs": {"text": inputs.get("text", ""), "tokens": 16}}
-        elif kind == "LoadVideo":
-            inputs["file"] = Path(assets["video"]).name
-        for name, value in DEMO_SIZES.get(kind, {}).items():
-            if name in inputs and not graph_link(inputs[name]):
-                inputs[name] = min(inputs[name], value) if name == "steps" else value
-    used = {ref[0] for node in prompt.values() for ref in node["inputs"].values() if graph_link(ref)}
-    for node_id in [i for i, n in prompt.items() if n["class_type"] == "CLIPLoader" and i not in used]:
-        del prompt[node_id]
-    if any(n["class_type"] == "MemV2V_StoryConditioning" for n in prompt.values()):
-        _story_to_demo(prompt, assets)
-    return prompt
-
-
-def _story_to_demo(prompt: dict, assets: dict[str, str]) -> None:
-    """The story workflow's parts demo mode must swap besides the generic ones: the two Wan 2.2 I2V experts and the
-    StoryMem LoRA for their tiny layouts, CLIP Vision for the colour-histogram fallback (no test-sized CLIP exists),
-    and the titled step counts."""
-    for node_id, node in list(prompt.items()):
-        kind, inputs, title = node["class_type"], node["inputs"], node.get("_meta", {}).get("title", "")
-        if kind == "UNETLoader":
-            expert = assets["i2v_low"] if "low" in title.lower() else assets["i2v_high"]
-            inputs.update(unet_name=Path(expert).name, weight_dtype="default")
-        elif kind == "MemV2V_StoryMemLoraLoader":
-            inputs.update(lora_name=Path(assets["storymem_lora"]).name, rank=STORYMEM_DEMO_RANK,
-                          alpha=float(STORYMEM_DEMO_RANK))
-        elif kind == "CLIPVisionLoader":
-            prompt[node_id] = {"class_type": "MemV2V_EmbedderLoad", "_meta": {"title": "Demo: colour histogram"},
-                               "inputs": {"file": DEMO_EMBEDDER, "architecture": "ViT-B-32"}}
-        elif kind == "PrimitiveInt" and title in DEMO_STORY_VALUES:
-            inputs["value"] = DEMO_STORY_VALUES[title]
-        elif kind == "MemV2V_StoryConditioning":
-            inputs.update(width=16, height=16, length=17)
-        elif kind == "ImageFromBatch" and graph_link(inputs.get("batch_index")):
-            inputs["length"] = 4096  # drops the condition frames only: the rest of the shot stays
-    vision = {i for i, n in prompt.items() if n["class_type"] == "MemV2V_EmbedderLoad"}
-    for node in prompt.values():
-        link = node["inputs"].get("clip_vision")
-        if graph_link(link) and link[0] in vision:
-            node["inputs"]["embedder"] = node["inputs"].pop("clip_vision")
-
-
-def graph_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
-
-
 def parse_settings(settings: list[str], prompt: dict) -> list[tuple[str, str, list[Any]]]:
     """``--set 'NODE.input=v1,v2'`` (NODE: a node id or title) -> [(node_id, input, [values per turn])]."""
     parsed = []
@@ -164,11 +118,20 @@ def parse_settings(settings: list[str], prompt: dict) -> list[tuple[str, str, li
         target, _, values = setting.partition("=")
         node_ref, _, input_name = target.rpartition(".")
         if not node_ref or not input_name or not values:
-            raise ValueError(f"--set {setting!r}: expected NODE.input=value[,value...] (NODE: node id or title)")
+            raise UserError(f"--set {setting!r}: expected NODE.input=value[,value...] (NODE: node id or title)")
         ids = [node_ref] if node_ref in prompt else graph.find_nodes(prompt, title=node_ref)
         if len(ids) != 1:
-            raise ValueError(f"--set {setting!r}: {'no' if not ids else len(ids)} nodes match {node_ref!r}; "
-                             "use a node id or a unique title")
+            titles = sorted({node_title(prompt, i) for i in prompt})
+            raise UserError(f"--set {setting!r}: {'no' if not ids else len(ids)} nodes match {node_ref!r}; use a "
+                            f"node id or a unique title (titles: {', '.join(titles)})")
+        inputs = prompt[ids[0]].get("inputs", {})
+        widgets = sorted(k for k, v in inputs.items() if not graph_link(v))
+        if input_name not in inputs:
+            raise UserError(f"--set {setting!r}: {node_ref!r} has no input {input_name!r}; its widgets: "
+                            f"{', '.join(widgets) or 'none'}")
+        if graph_link(inputs[input_name]):
+            raise UserError(f"--set {setting!r}: {input_name!r} of {node_ref!r} is connected to node "
+                            f"{inputs[input_name][0]}; set the widget on that node instead")
         parsed.append((ids[0], input_name, [_literal(v) for v in values.split(",")]))
     return parsed
 
@@ -180,10 +143,93 @@ def _literal(text: str) -> Any:
         return text
 
 
+def pipeline_order(prompt: dict) -> list[str]:
+    """Node ids in data-flow order (a node after every node it reads from); ties by numeric id, so it is stable."""
+    def key(node_id: str) -> tuple:
+        return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+    depends = {i: {v[0] for v in n.get("inputs", {}).values() if graph_link(v) and v[0] in prompt}
+               for i, n in prompt.items()}
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(prompt):
+        ready = sorted((i for i in prompt if i not in placed and depends[i] <= placed), key=key)
+        if not ready:  # a cycle (ComfyUI refuses those anyway): keep the rest in id order
+            ready = sorted((i for i in prompt if i not in placed), key=key)
+        order.append(ready[0])
+        placed.add(ready[0])
+    return order
+
+
+def bank_names(prompt: dict) -> list[str]:
+    """The names of the memory banks the prompt loads (literal Bank Load names)."""
+    return [n["inputs"]["name"] for n in prompt.values()
+            if n["class_type"] == "MemV2V_BankLoad" and isinstance(n["inputs"].get("name"), str)]
+
+
+def bank_size(client: comfy_host.ComfyClient, name: str) -> int | None:
+    """How many entries the bank holds (hidden ones too), through the pack's bank route; 0 for a new bank."""
+    import urllib.error
+    import urllib.parse
+
+    try:
+        return len(client.get_json(f"/memv2v/banks/{urllib.parse.quote(name, safe='')}/entries"))
+    except urllib.error.HTTPError as error:
+        return 0 if error.code == 404 else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class SegmentPlan:
+    """A per-segment workflow: its Split Segments node, how many segments the source has, the first index."""
+
+    node_id: str
+    count: int
+    start: int = 0
+
+
+def segment_plan(client: comfy_host.ComfyClient, prompt: dict, settings, timeout: float = 3600
+                 ) -> SegmentPlan | None:
+    """For a workflow that edits one segment per queue run (one Split Segments with its index widget not set by
+    ``--set``): queue only what feeds Split Segments, with Preview Any on its ``count`` output, and read the count."""
+    splits = graph.find_nodes(prompt, SPLIT_CLASS)
+    if len(splits) != 1 or graph_link(prompt[splits[0]]["inputs"].get("index")):
+        return None
+    split = splits[0]
+    if any(node_id == split and name == "index" for node_id, name, _ in settings):
+        return None
+    needed, todo = set(), [split]
+    while todo:
+        node_id = todo.pop()
+        if node_id in needed:
+            continue
+        needed.add(node_id)
+        todo += [v[0] for v in prompt[node_id]["inputs"].values() if graph_link(v) and v[0] in prompt]
+    probe = {i: json.loads(json.dumps(prompt[i])) for i in needed}
+    start = probe[split]["inputs"].get("index", 0)
+    probe[split]["inputs"]["index"] = 0
+    probe["memv2v_segment_count"] = {"class_type": "PreviewAny", "inputs": {"source": [split, 2]},
+                                     "_meta": {"title": "segment count"}}
+    result = client.run(probe, timeout=timeout)
+    text = (result.outputs.get("memv2v_segment_count", {}).get("text") or ["?"])[0]
+    try:
+        count = int(text)
+    except ValueError:
+        return None
+    return SegmentPlan(split, count, start if isinstance(start, int) and 0 <= start < count else 0)
+
+
 def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings, *, vary_seed: bool = True,
-              out: Callable[[str], None] = print, timeout: float = 3600) -> list[TurnReport]:
-    """Queue ``prompt`` ``turns`` times, applying per-turn settings; returns what each turn reported."""
+              out: Callable[[str], None] = print, timeout: float = 3600,
+              segments: SegmentPlan | None = None) -> list[TurnReport]:
+    """Queue ``prompt`` ``turns`` times, applying per-turn settings (and stepping the segment index when
+    ``segments`` is given); returns what each turn reported. A cached node's report is printed only when it
+    changed since the previous turn; reports come in pipeline order."""
     reports = []
+    order = pipeline_order(prompt)
+    banks = bank_names(prompt)
+    shown: dict[str, list[str]] = {}
     for turn in range(turns):
         turn_prompt = json.loads(json.dumps(prompt))
         changes = []
@@ -191,28 +237,56 @@ def run_turns(client: comfy_host.ComfyClient, prompt: dict, turns: int, settings
             value = values[turn % len(values)]
             graph.set_input(turn_prompt, node_id, name, value)
             changes.append(f"{node_title(turn_prompt, node_id)}.{name}={value}")
+        if segments is not None:
+            index = (segments.start + turn) % segments.count
+            graph.set_input(turn_prompt, segments.node_id, "index", index)
+            changes.append(f"segment {index + 1} of {segments.count}")
         if vary_seed:
-            for node_id, node in turn_prompt.items():
-                for name in SEED_INPUTS & node["inputs"].keys():
-                    if not graph_link(node["inputs"][name]):
-                        node["inputs"][name] += turn
+            vary_seeds(turn_prompt, turn)
+        for bank in banks:
+            size = bank_size(client, bank)
+            if size is not None:
+                changes.append(f"bank {bank!r}: its turn {size + 1}")
         out(f"=== turn {turn + 1}/{turns}" + (f" ({', '.join(changes)})" if changes else ""))
         result = client.run(turn_prompt, timeout=timeout, on_message=progress_printer(turn_prompt, out))
         report = TurnReport(turn + 1, result.prompt_id, result.seconds)
-        for node_id, ui in result.outputs.items():
-            texts = [t for t in ui.get("text", []) if isinstance(t, str)]
-            if texts:
-                report.node_texts[f"{node_title(turn_prompt, node_id)} (#{node_id})"] = texts
-        report.files = result.output_files()
-        for label, texts in report.node_texts.items():
+        cached = {n for kind, data in result.messages if kind == "execution_cached" for n in data.get("nodes", [])}
+        for node_id in [i for i in order if i in result.outputs] + [i for i in result.outputs if i not in order]:
+            texts = [t for t in result.outputs[node_id].get("text", []) if isinstance(t, str)]
+            if not texts:
+                continue
+            label = f"{node_title(turn_prompt, node_id)} (#{node_id})"
+            report.node_texts[label] = texts
+            if node_id in cached and shown.get(node_id) == texts:
+                continue  # a cached node says what it said last turn
+            shown[node_id] = texts
             out(f"  {label}:")
             for text in texts:
                 out("    " + text.replace("\n", "\n    "))
-        for path in report.files:
+        report.files = result.output_files()
+        for path in result.output_files(only="output"):  # saved files; previews in temp/ are not listed
             out(f"  output: {path}")
         out(f"  turn {turn + 1} done in {result.seconds:.1f} s")
         reports.append(report)
     return reports
+
+
+def vary_seeds(prompt: dict, turn: int) -> None:
+    """Seed + turn on every sampler seed: a literal seed widget, or the primitive a linked seed comes from. A negative
+    seed means "not set" (Bank Add's -1: record what the sampler used) and stays."""
+    sources = set()
+    for node in prompt.values():
+        for name in SEED_INPUTS & node["inputs"].keys():
+            value = node["inputs"][name]
+            if graph_link(value):
+                sources.add(value[0])
+            elif isinstance(value, int) and value >= 0:
+                node["inputs"][name] = value + turn
+    for node_id in sources:
+        node = prompt.get(node_id, {})
+        value = node.get("inputs", {}).get("value")
+        if node.get("class_type") in ("PrimitiveInt", "PrimitiveNode") and isinstance(value, int) and value >= 0:
+            node["inputs"]["value"] = value + turn
 
 
 def node_title(prompt: dict, node_id: str) -> str:
@@ -232,18 +306,72 @@ def progress_printer(prompt: dict, out: Callable[[str], None]) -> Callable[[str,
     return on_message
 
 
-def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None]) -> tuple[comfy_host.ComfyServer, dict]:
-    """A private ComfyUI with this pack, the demo pack, the demo models and checkpoints (built once, cached)."""
-    cache = Path.home() / ".cache" / "memv2v" / "demo-assets" / comfy_host.comfyui_version(comfyui)
-    out(f"building demo models in {cache} (first run only)")
-    assets = demo_setup.build_assets("demo.models", comfyui, cache, *STORY_ASSETS)
+def demo_asset_cache(comfyui: Path) -> Path:
+    return Path.home() / ".cache" / "memv2v" / "demo-assets" / comfy_host.comfyui_version(comfyui)
+
+
+def _expected_assets(cache: Path, kinds: tuple[str, ...]) -> dict[str, Path]:
+    """The files the demo builders write for ``kinds`` (names from the builders; checkpoints by their stem)."""
+    from .demo import clip_vision as demo_clip_vision
+
+    files = {"dit": demo_models.WAN21_DIT, "vae": demo_models.WAN21_VAE, "video": demo_models.DEMO_VIDEO}
+    files.update({kind: demo_models.EDIT_BUILDERS[kind][0] for kind in kinds if kind in demo_models.EDIT_BUILDERS})
+    if "dinov2" in kinds:
+        files.update(dinov2=demo_clip_vision.DINOV2, dinov2_other=demo_clip_vision.DINOV2_OTHER)
+    for name in ("recammaster", "memoryv2v"):  # memv2v_cli.demo.checkpoints (imports torch, so not imported here)
+        for ext in ("safetensors", "ckpt"):
+            files[f"{name}_{ext}"] = f"memv2v_demo_{name}_tiny_v{demo_models.BUILDER_VERSION}.{ext}"
+    return {kind: cache / name for kind, name in files.items()}
+
+
+def demo_assets(comfyui: Path, kinds: tuple[str, ...], out: Callable[[str], None]) -> dict[str, str]:
+    """The demo models, clip and checkpoints for ``kinds`` (optional assets, see ``rewrite.needed_kinds``), built
+    with ComfyUI's classes the first time and reused from the cache afterwards."""
+    cache = demo_asset_cache(comfyui)
+    expected = _expected_assets(cache, kinds)
+    missing = [kind for kind, path in expected.items() if not path.is_file()]
+    if not missing:
+        return {kind: str(path) for kind, path in expected.items()}
+    out(f"building demo models in {cache} (first run only): {', '.join(missing)}")
+    model_kinds = [k for k in kinds if k in demo_models.EDIT_BUILDERS]
+    assets = demo_setup.build_assets("demo.models", comfyui, cache, *[a for k in model_kinds for a in ("--with", k)])
     assets.update(demo_setup.build_assets("demo.checkpoints", comfyui, cache))
-    checkpoints = ("recammaster_ckpt", "recammaster_safetensors", "memoryv2v_ckpt", "memoryv2v_safetensors")
+    if "dinov2" in kinds:
+        assets.update(demo_setup.build_assets("demo.clip_vision", comfyui, cache))
+    return assets
+
+
+def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None], kinds: tuple[str, ...] | None = None,
+                        rewrite_prompts: bool = False) -> tuple[comfy_host.ComfyServer, dict]:
+    """A private ComfyUI with this pack, the demo pack and the demo models (built once, cached). ``kinds``: the
+    optional assets (default: the story models, plus whatever optional asset is already cached). With
+    ``rewrite_prompts`` the demo pack rewrites every prompt queued on ``/prompt`` into its demo form (the browser's
+    templates then run on the demo models)."""
+    if kinds is None:
+        cache = demo_asset_cache(comfyui)
+        optional = rewrite.EDIT_KINDS + tuple(demo_models.EDIT_BUILDERS)
+        kinds = tuple(dict.fromkeys(rewrite.STORY_KINDS + tuple(
+            k for k, p in _expected_assets(cache, optional).items() if k in optional and p.is_file())))
+    assets = demo_assets(comfyui, tuple(dict.fromkeys(rewrite.STORY_KINDS + tuple(kinds))), out)
+    dits = [k for k in ("dit", "i2v_high", "i2v_low", "lucy_dit", "recammaster_ckpt", "recammaster_safetensors",
+                        "memoryv2v_ckpt", "memoryv2v_safetensors") if k in assets]
+    env = {}
+    if rewrite_prompts:
+        Path(base_dir).mkdir(parents=True, exist_ok=True)
+        manifest = Path(base_dir) / "memv2v_demo_assets.json"
+        manifest.write_text(json.dumps(assets, indent=1))
+        env["MEMV2V_DEMO_REWRITE"] = str(manifest)
     # PyTorch's attention on the CPU is deterministic; ComfyUI's default there chunks by free memory at call time,
     # so a turn replayed later (python -m memv2v_cli replay) could differ in the last bits.
-    server = demo_setup.private_server(comfyui, base_dir, assets, ("dit", "i2v_high", "i2v_low", *checkpoints),
+    server = demo_setup.private_server(comfyui, base_dir, assets, tuple(dits),
                                        extra_args=("--use-pytorch-cross-attention",))
+    server.env.update(env)
     server.add_model("loras", Path(assets["storymem_lora"]))
+    if "wan22_vae" in assets:
+        server.add_model("vae", Path(assets["wan22_vae"]))
+    for kind in ("dinov2", "dinov2_other"):
+        if kind in assets:
+            server.add_model("clip_vision", Path(assets[kind]))
     return server, assets
 
 
@@ -258,25 +386,38 @@ class Session:
     demo: bool = False
 
 
+def demo_base_dir(args, workflow: Path) -> Path:
+    """``--base-dir``, else a persistent folder per workflow under ``demo_home()``, so a second run continues the
+    same bank; ``--fresh`` empties its banks first."""
+    base = Path(args.base_dir).expanduser() if getattr(args, "base_dir", None) else demo_home() / workflow.stem
+    banks = base / "output" / "memory_banks"
+    if getattr(args, "fresh", False) and banks.is_dir():
+        shutil.rmtree(banks)
+    return base
+
+
 @contextmanager
 def open_session(workflow: Path, args, out: Callable[[str], None] = print) -> Iterator[Session]:
     """The ComfyUI a command runs on: ``--url``, else the user's installation with its models, else demo mode."""
     if args.url:
         if args.demo:
-            raise SystemExit("--demo starts its own private ComfyUI with tiny models; it cannot be combined with --url")
+            raise UserError("--demo starts its own private ComfyUI with tiny models; it cannot be combined with --url")
+        if getattr(args, "fresh", False):
+            raise UserError("--fresh empties a demo bank; with --url, start over with another bank name instead "
+                            "(--set \"Memory Bank.name=...\")")
         client = comfy_host.ComfyClient(args.url)
         object_info = client.object_info()
         prompt = load_api_prompt(workflow, object_info)
         missing = missing_models(prompt, object_info)
         if missing:
-            raise SystemExit(f"the server at {args.url} lacks these models: {', '.join(missing)}. "
-                             "Put them in ComfyUI's models folders (see the README), or run with --demo.")
+            raise UserError(f"the server at {args.url} lacks these models: {', '.join(missing)}. "
+                            "Put them in ComfyUI's models folders (see the README), or run with --demo.")
         yield Session(client, prompt, None)
         return
 
     comfyui, where = comfy_host.find_comfyui(args.comfyui)
     if comfyui is None:
-        raise SystemExit(where)
+        raise UserError(where)
     out(where)
     if not args.demo and pack_installed(comfyui):
         server = comfy_host.ComfyServer(comfyui, comfyui,
@@ -288,6 +429,9 @@ def open_session(workflow: Path, args, out: Callable[[str], None] = print) -> It
             prompt = load_api_prompt(workflow, object_info)
             missing = missing_models(prompt, object_info)
             if not missing:
+                if getattr(args, "fresh", False):
+                    raise UserError("--fresh empties demo banks only; your own banks are never deleted: start over "
+                                    "with another bank name (--set \"Memory Bank.name=...\")")
                 yield Session(client, prompt, server.output_dir)
                 out(f"outputs are under {server.output_dir}")
                 return
@@ -295,11 +439,12 @@ def open_session(workflow: Path, args, out: Callable[[str], None] = print) -> It
                 "Put the models in ComfyUI's models folders (see the README) to get real results.")
     elif not args.demo:
         out(f"this pack is not installed in {comfyui / 'custom_nodes'}, so that ComfyUI cannot run the workflow: "
-            "switching to demo mode (install the pack there to use your own models)")
-    base_dir = Path(args.base_dir) if args.base_dir else Path(tempfile.mkdtemp(prefix="memv2v-demo-"))
-    server, assets = prepare_demo_server(comfyui, base_dir, out)
+            "switching to demo mode")
+    base_dir = demo_base_dir(args, workflow)
+    server, assets = prepare_demo_server(comfyui, base_dir, out, rewrite.needed_kinds(workflow.read_text()))
     out(BANNER)
-    out(f"starting a private ComfyUI on {server.url} (base directory {server.base_dir})")
+    out(f"starting a private ComfyUI on {server.url} (demo folder {server.base_dir}; a later run continues its "
+        "banks, --fresh starts them over)")
     with server:
         client = server.client()
         yield Session(client, to_demo(load_api_prompt(workflow, client.object_info()), assets), server.output_dir,
@@ -311,9 +456,17 @@ def open_session(workflow: Path, args, out: Callable[[str], None] = print) -> It
 def run(args, out: Callable[[str], None] = print) -> int:
     """The ``run`` command (see ``python -m memv2v_cli run --help``)."""
     workflow = resolve_workflow(args.workflow)
+    if args.turns is not None and args.turns < 1:
+        raise UserError("--turns must be at least 1")
     with open_session(workflow, args, out) as session:
-        reports = run_turns(session.client, session.prompt, args.turns, parse_settings(args.set, session.prompt),
-                            vary_seed=not args.fixed_seed, out=out)
+        settings = parse_settings(args.set, session.prompt)
+        segments = segment_plan(session.client, session.prompt, settings)
+        turns = args.turns or (segments.count if segments else 1)
+        if segments:
+            out(f"the source has {segments.count} segments: {turns} turn(s), one segment each, from segment "
+                f"{segments.start + 1}")
+        reports = run_turns(session.client, session.prompt, turns, settings, vary_seed=not args.fixed_seed, out=out,
+                            segments=segments)
     return _report(reports, out)
 
 
@@ -326,6 +479,42 @@ def pack_installed(comfyui: Path) -> bool:
         if marker.is_file() and (folder / "nodes").is_dir():
             return True
     return False
+
+
+def serve_demo(args, out: Callable[[str], None] = print) -> int:
+    """The ``demo-server`` command: a private ComfyUI with every demo model, whose ``/prompt`` rewrites each queued
+    graph into its demo form, so the shipped templates run from the browser. Runs until Ctrl-C."""
+    import signal
+    import time
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends the private ComfyUI too
+    comfyui, where = comfy_host.find_comfyui(args.comfyui)
+    if comfyui is None:
+        raise UserError(where)
+    out(where)
+    base_dir = Path(args.base_dir).expanduser() if args.base_dir else demo_home() / "ui"
+    if args.fresh and (base_dir / "output" / "memory_banks").is_dir():
+        shutil.rmtree(base_dir / "output" / "memory_banks")
+    kinds = rewrite.EDIT_KINDS + rewrite.STORY_KINDS
+    server, _ = prepare_demo_server(comfyui, base_dir, out, kinds, rewrite_prompts=True)
+    if args.port:
+        server.port = args.port
+    out(BANNER)
+    with server:
+        out(f"demo ComfyUI at {server.url} (demo folder {server.base_dir}). Open it in a browser, then Workflow > "
+            "Browse Templates > memory-v2v: every template runs here on the demo models (each queued graph is "
+            "rewritten: tiny models, demo text conditioning, the demo clip, 32 px, 3 steps). Ctrl-C stops it.")
+        try:
+            while server.process is not None and server.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            out("stopping the demo ComfyUI")
+            return 0
+    out(f"the demo ComfyUI stopped by itself; its log: {server.log_path}")
+    return 1
 
 
 def _report(reports: list[TurnReport], out: Callable[[str], None]) -> int:

@@ -65,7 +65,7 @@ def shot_prompt(prompt: dict, *, story_id: str, bank: str, index: int, mode: str
     for title, (name, value) in values.items():
         ids = graph.find_nodes(prompt, title=title)
         if len(ids) != 1:
-            raise SystemExit(f"the story workflow needs exactly one node titled {title!r} (found {len(ids)}); "
+            raise runner.UserError(f"the story workflow needs exactly one node titled {title!r} (found {len(ids)}); "
                              f"use the shipped {WORKFLOW}.json or keep its titles")
         graph.set_input(prompt, ids[0], name, value)
     return prompt
@@ -117,7 +117,7 @@ def run_story(args, out: Callable[[str], None] = print) -> int:
     try:
         script = parse_story_script(script_path, continuation=args.continuation)
     except StoryScriptError as error:
-        raise SystemExit(f"{script_path}: {error}") from None
+        raise runner.UserError(f"{script_path}: {error}") from None
     for warning in script.warnings:
         out(f"warning: {warning}")
     story_id = args.story_id or story_id_for(script.name, script_path)

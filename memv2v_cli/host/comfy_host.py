@@ -33,8 +33,23 @@ def _is_comfyui(path: Path) -> bool:
     return (path / "main.py").is_file() and (path / "comfy").is_dir() and (path / "nodes.py").is_file()
 
 
+def enclosing_comfyui(pack_root: Path = PACK_ROOT) -> Path | None:
+    """The ComfyUI whose ``custom_nodes`` holds the pack (as the pack's folder is named there, links not followed)."""
+    roots = [Path(os.path.abspath(pack_root)), pack_root.resolve()]
+    logical = Path(os.environ.get("PWD") or ".")  # a linked pack: the shell's path keeps the link's name
+    for folder in (logical, *logical.parents) if logical.is_absolute() else ():
+        if folder.resolve() == pack_root.resolve():
+            roots.append(folder)
+            break
+    for root in dict.fromkeys(roots):
+        if root.parent.name == "custom_nodes" and _is_comfyui(root.parent.parent):
+            return root.parent.parent
+    return None
+
+
 def find_comfyui(explicit: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """Locate ComfyUI: ``explicit``, else ``$COMFYUI_PATH``, else ``~/comfy/ComfyUI``, else the ComfyUI holding this pack.
+    """Locate ComfyUI: ``explicit``, else the ComfyUI whose ``custom_nodes`` holds this pack, else ``$COMFYUI_PATH``,
+    else ``~/comfy/ComfyUI``.
 
     Returns the path (or None) and a sentence saying where it was looked for.
     """
@@ -42,17 +57,20 @@ def find_comfyui(explicit: str | os.PathLike | None = None) -> tuple[Path | None
     candidates: list[tuple[str, Path]] = []
     if explicit:
         candidates.append(("--comfyui", Path(explicit).expanduser()))
+    enclosing = enclosing_comfyui()
+    if enclosing is not None:
+        candidates.append(("the ComfyUI holding this pack", enclosing))
     if os.environ.get("COMFYUI_PATH"):
         candidates.append(("COMFYUI_PATH", Path(os.environ["COMFYUI_PATH"]).expanduser()))
     candidates.append(("default", Path("~/comfy/ComfyUI").expanduser()))
-    if PACK_ROOT.parent.name == "custom_nodes":
-        candidates.append(("enclosing", PACK_ROOT.parent.parent))
     for label, path in candidates:
         if _is_comfyui(path):
             return path.resolve(), f"ComfyUI found at {path} ({label})"
         tried.append(f"{label}: {path}")
-    return None, ("no ComfyUI found (looked at " + "; ".join(tried) +
-                  "). Set COMFYUI_PATH to a ComfyUI checkout, or put it at ~/comfy/ComfyUI.")
+        if label == "--comfyui":  # an explicit choice that is no ComfyUI is an error, not a hint to look elsewhere
+            break
+    return None, ("no ComfyUI found (looked at " + "; ".join(tried) + "). Put the pack in a ComfyUI's "
+                  "custom_nodes, set COMFYUI_PATH to a ComfyUI checkout, or put it at ~/comfy/ComfyUI.")
 
 
 def comfyui_version(comfyui: Path) -> str:
@@ -118,12 +136,15 @@ class PromptResult:
     messages: list[tuple[str, dict]] = field(default_factory=list)
     seconds: float = 0.0
 
-    def output_files(self, base_dir: Path | None = None) -> list[str]:
-        """Paths (relative to the output folder, or absolute when ``base_dir`` is given) of every file the prompt saved."""
+    def output_files(self, base_dir: Path | None = None, only: str | None = None) -> list[str]:
+        """Paths (relative to the output folder, or absolute when ``base_dir`` is given) of every file the prompt saved;
+        ``only="output"`` leaves out previews in ComfyUI's temp folder."""
         files = []
         for ui in self.outputs.values():
             for key in ("images", "gifs", "videos", "latents", "audio"):
                 for item in ui.get(key, []) or []:
+                    if only is not None and isinstance(item, dict) and item.get("type", "output") != only:
+                        continue
                     if isinstance(item, dict) and item.get("filename"):
                         rel = os.path.join(item.get("subfolder", ""), item["filename"])
                         folder = item.get("type", "output")
@@ -238,8 +259,9 @@ class ComfyServer:
     """A ComfyUI server process with its own base directory (models, custom_nodes, input, output, user)."""
 
     def __init__(self, comfyui: Path, base_dir: Path, python: str = sys.executable, port: int | None = None,
-                 extra_args: tuple[str, ...] = (), log_path: Path | None = None):
+                 extra_args: tuple[str, ...] = (), log_path: Path | None = None, env: dict[str, str] | None = None):
         self.comfyui = Path(comfyui)
+        self.env = dict(env or {})
         self.base_dir = Path(base_dir)
         self.python = python
         self.port = port or free_port()
@@ -288,7 +310,7 @@ class ComfyServer:
                 "--database-url", "sqlite:///:memory:", *self.extra_args]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, cwd=str(self.comfyui), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=subprocess_env())
+                                        stdin=subprocess.DEVNULL, env={**subprocess_env(), **self.env})
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,6 +1,6 @@
 """Host tests: a real ComfyUI started as a subprocess on 127.0.0.1 with a private base directory and tiny random models.
 
-ComfyUI is found through COMFYUI_PATH, else ~/comfy/ComfyUI, else the ComfyUI that contains this pack. Without one,
+ComfyUI is found through the ComfyUI that contains this pack, else COMFYUI_PATH, else ~/comfy/ComfyUI. Without one,
 every host test is skipped with one reason that says how to enable them.
 """
 

@@ -6,9 +6,12 @@ and run on a CPU with tiny random models.
 """
 
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 from aiohttp import web
@@ -94,6 +97,33 @@ async def validate_only(request: web.Request) -> web.Response:
     body = await request.json()
     valid, error, outputs, node_errors = await execution.validate_prompt("validate-only", body.get("prompt", {}), None)
     return web.json_response({"valid": bool(valid), "error": error, "outputs": list(outputs), "node_errors": node_errors})
+
+
+def _install_demo_rewrite() -> None:
+    """In a demo server (``python -m memv2v_cli demo-server``; MEMV2V_DEMO_REWRITE names the demo assets' JSON),
+    rewrite every prompt queued on ``/prompt`` into its demo form, so the shipped templates run from the browser on
+    the tiny models. Host tests do not set it: their prompts reach the server as sent."""
+    manifest = os.environ.get("MEMV2V_DEMO_REWRITE")
+    if not manifest:
+        return
+    # memv2v_cli/demo/rewrite.py by its path: this folder is installed under another name in custom_nodes.
+    spec = importlib.util.spec_from_file_location("memv2v_demo_rewrite",
+                                                  Path(__file__).resolve().parent.parent / "rewrite.py")
+    rewrite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rewrite)
+    with open(manifest) as handle:
+        assets = json.load(handle)
+
+    def demo_prompt(json_data: dict) -> dict:
+        if isinstance(json_data.get("prompt"), dict):
+            json_data["prompt"] = rewrite.to_demo(json_data["prompt"], assets)
+        return json_data
+
+    PromptServer.instance.add_on_prompt_handler(demo_prompt)
+    logging.info("Memory-V2V demo: every queued prompt runs on the demo models (%s)", manifest)
+
+
+_install_demo_rewrite()
 
 
 class DemoExtension(ComfyExtension):
