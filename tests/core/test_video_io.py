@@ -141,6 +141,15 @@ def test_seeking_reads_only_near_the_segment(long_video, monkeypatch):
     assert frames_seen < 81 + 40, frames_seen  # one 12-frame GOP (plus reordering) before the start, not 2900
 
 
+def test_crop_takes_the_middle_of_a_covering_resize(long_video):
+    """crop=True: scale to cover (keeping the aspect), then cut the middle, like ImageScale's crop "center"."""
+    info = probe(long_video)  # 48x32, aspect 3:2
+    assert video_io.cover_size(32, 48, 16, 16) == (16, 24)
+    wide = read_frames(long_video, 100, 103, (16, 24), info=info)
+    square = read_frames(long_video, 100, 103, (16, 16), info=info, crop=True)
+    assert square.shape == (3, 16, 16, 3) and torch.equal(square, wide[:, :, 4:20])
+
+
 def test_a_container_without_a_frame_count_is_counted_from_its_packets(tmp_path):
     path = encode(tmp_path / "v.mkv", 50, codec="ffv1")
     info = probe(path)
