@@ -189,6 +189,7 @@ def read_frames(source: Source, start: int, end: int, size: tuple[int, int] | No
     height, width = _check_size(size, info)
     out = torch.empty((end - start, height, width, 3), dtype=torch.float32)
     resize = None if size is None else cover_size(info.height, info.width, height, width) if crop else (height, width)
+    resize = None if resize == (info.height, info.width) else resize  # the video's own size: no scaler pass
     with _open(source) as container:
         stream = _video_stream(container, source)
         stream.thread_type = "AUTO"

@@ -14,6 +14,7 @@ import torch
 
 from memv2v_core import video_io
 from memv2v_core.video_io import VideoDecodeError, VideoWriteError, VideoWriter, probe, read_frames
+from video_frames import OPEN_GOP, encode, pattern
 
 VIDEOS = sorted(Path(__file__).resolve().parents[3].glob("shared/data/recammaster/videos/*.mp4")) or sorted(
     Path("/work/shared/data/recammaster/videos").glob("*.mp4"))
@@ -28,53 +29,6 @@ def full_decode(path, size=None) -> torch.Tensor:
                 frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="BILINEAR")
             frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")) / 255.0)
     return torch.stack(frames)
-
-
-def pattern(index: int, height: int = 32, width: int = 48) -> np.ndarray:
-    """A frame whose blocks spell its index, so a frame taken from the wrong place shows."""
-    image = np.zeros((height, width, 3), np.uint8)
-    for bit in range(12):
-        row, col = divmod(bit, 6)
-        image[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = 255 if index >> bit & 1 else 0
-    image[16:, :, 1] = (index * 7) % 256
-    image[16:, :, 2] = np.arange(width, dtype=np.uint8)[None, :] * 5
-    return image
-
-
-def encode(path, count, fps=Fraction(30), codec="libx264", options=None, pts=None, audio=False, size=(32, 48)):
-    """A synthetic source video written with PyAV directly (not with the writer under test)."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p" if codec == "libx264" else "bgr0"
-        stream.options = options or {}
-        if pts is not None:
-            stream.time_base = Fraction(1, 1000)
-        if audio:
-            sound = container.add_stream("aac", rate=8000)
-            sound.layout = "mono"
-        for i in range(count):
-            frame = av.VideoFrame.from_ndarray(pattern(i, *size), format="rgb24")
-            if pts is not None:
-                frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        if audio:
-            samples = int(count / fps * 8000)
-            tone = (np.sin(np.arange(samples) * 0.05) * 0.3).astype(np.float32)[None, :]
-            for offset in range(0, samples, 1024):
-                chunk = av.AudioFrame.from_ndarray(tone[:, offset:offset + 1024], format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = 8000, offset
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-    return Path(path)
-
-
-OPEN_GOP = {"g": "12", "bf": "3", "x264-params": "open-gop=1:keyint=12:min-keyint=12:scenecut=0:b-pyramid=normal"}
 
 
 @pytest.fixture(scope="module")
