@@ -279,7 +279,8 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
         if final > start:
             emit(joined[:final - start])
             emitted += final - start
-        pending, pending_start = joined[final - start:], final
+        pending, pending_start = joined[final - start:].clone(), final  # a copy: the rest of joined can go
+        del joined
     return emitted
 
 
