@@ -268,9 +268,12 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
             if blend == "cut":
                 half = shared // 2
                 joined = torch.cat([earlier[:half], segment[half:]])
-            else:
+            else:  # stitch's earlier + weight * (later - earlier), in place in one new segment (same bits)
                 weight = blend_weights(shared, blend).to(dtype=dtype, device=device).view(shared, 1, 1, 1)
-                joined = torch.cat([earlier + weight * (segment[:shared] - earlier), segment[shared:]])
+                joined = torch.empty_like(segment)
+                torch.sub(segment[:shared], earlier, out=joined[:shared])
+                joined[:shared].mul_(weight).add_(earlier)
+                joined[shared:] = segment[shared:]
         else:
             joined = segment
         del segment
