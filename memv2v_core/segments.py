@@ -216,7 +216,8 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
     """:func:`stitch`, written out as it goes: ``emit(frames)`` receives the stitched video in order, in chunks,
     each as soon as no later segment can change it; the chunks joined equal ``stitch(...)`` bit for bit.
 
-    At most two segments are held at once (the one being added and the frames the next one will overlap).
+    Memory holds the segment being added, its stitched copy and the frames the next window overlaps (up to a
+    segment when the last window is shifted far back): a few segments, never the video.
     ``fill`` gives missing segments: the source video as a tensor, or ``fill(start, end, height, width)`` that
     returns those source frames at the segments' size (e.g. read from a file; 0, 0 when no segment is edited, for
     the source's own size). The first edited segment is produced first, so its size is known before any fill.
