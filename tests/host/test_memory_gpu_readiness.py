@@ -1,6 +1,7 @@
 """GPU costs of the memory patch, checked on the CPU with a tiny model: ComfyUI's memory estimate (which decides how
 much of the model stays on the GPU and whether cond and uncond share a batch) counts the memory tokens exactly as its
-own formula counts video tokens, and the memory latents are uploaded and embedded once per sampling run."""
+own formula counts video tokens, the memory latents are uploaded and embedded once per sampling run, and the camera
+modules are ComfyUI cast ops counted in the model's size."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def test_memory_latents_are_uploaded_once_per_sampling_run(readiness):
     assert up["without_run_cache"]["uploads"] == 3 * one["streams"]
     assert up["cached_vs_uncached_max_diff"] == 0.0
     assert up["runs_left_open"] == 0
+
+
+def test_camera_modules_are_comfyui_cast_ops_counted_in_the_model_size(readiness):
+    cam = readiness["camera"]
+    assert cam["cast_ops"] and cam["finite"]  # cast and offloaded by ComfyUI like the model's own layers
+    assert cam["patched_size"] == cam["plain_size"] + cam["camera_bytes"]
+    assert cam["second_apply_size"] == cam["patched_size"]  # a second Apply Memory replaces, it does not add

@@ -133,6 +133,30 @@ def main() -> int:
     uploads["runs_left_open"] = len(patched.wrappers[comfy.patcher_extension.WrappersMP.OUTER_SAMPLE]
                                     [patch.WRAPPER_KEY][0]._memv2v_installed.runs)
     out["uploads"] = uploads
+
+    # --- 3. camera modules: ComfyUI cast ops, counted in the model's size --------------------------------------------
+    import types as pytypes
+
+    presets = pack("memv2v_core.camera.presets")
+    camera_patch = pack("nodes.patches.camera_patch")
+    dm = base.diffusion_model
+    dim, depth = int(dm.dim), len(dm.blocks)
+    g = torch.Generator().manual_seed(5)
+    camera = {i: (torch.randn(dim, 12, generator=g), torch.zeros(dim), torch.eye(dim), torch.zeros(dim))
+              for i in range(depth)}
+    modules = pytypes.SimpleNamespace(camera=camera, tokenizers={}, merger=None, source="test")
+    target = presets.preset_trajectory("pan_left", (frames - 1) * 4 + 1)
+    with_camera, _ = node.patch_model(model, contexts["user_only"], "auto", 0.5, "off", modules, camera=target)
+    again, _ = node.patch_model(with_camera, contexts["user_only"], "auto", 0.5, "off", modules, camera=target)
+    layers = [with_camera.object_patches[f"diffusion_model.blocks.{i}.self_attn"] for i in range(depth)]
+    camera_bytes = sum(4 * (dim * 12 + dim + dim * dim + dim) for _ in range(depth))
+    out["camera"] = {
+        "plain_size": model.model_size(), "patched_size": with_camera.model_size(), "camera_bytes": camera_bytes,
+        "second_apply_size": again.model_size(),
+        "cast_ops": all(getattr(m, "comfy_cast_weights", False) for layer in layers
+                        for m in (layer.cam_encoder, layer.projector)),
+        "finite": bool(torch.isfinite(sample(with_camera)).all()),
+    }
     print(json.dumps(out))
     return 0
 
