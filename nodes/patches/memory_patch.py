@@ -428,11 +428,23 @@ def _make_cond_batch(installed: _Installed, patch_size: tuple[int, ...]) -> Call
     return memory_cond_batch
 
 
+def _weights_key(weight: torch.Tensor) -> tuple:
+    """Which patch-embedding weights these are: object, storage and, where torch keeps one, the in-place version.
+
+    Inference tensors (ComfyUI runs nodes in inference mode) keep no version counter; weight patches land before a
+    run starts, so within one run the object and storage identify them.
+    """
+    try:
+        version = weight._version
+    except RuntimeError:
+        version = None
+    return id(weight), weight.data_ptr(), version
+
+
 def _embedded(installed: _Installed, dm: wan_model.WanModel, device: torch.device, dtype: torch.dtype) -> MemoryTokens:
     """The embedded context on ``device`` in ``dtype``: made once per sampling run (and per device / dtype / patch
     embedding weights), or per call outside a sampling run. The stream never changes these tensors in place."""
-    weight = dm.patch_embedding.weight
-    key = (str(device), dtype, id(weight), weight._version)
+    key = (str(device), dtype, _weights_key(dm.patch_embedding.weight))
     cache = installed.runs[-1] if installed.runs else None
     if cache is not None and key in cache:
         return cache[key]

@@ -31,7 +31,8 @@ def main() -> int:
     context_lib = pack("memv2v_core.memory.context")
 
     torch.manual_seed(0)
-    model = comfy.sd.load_diffusion_model(args.dit)
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes: the weights are inference tensors
+        model = comfy.sd.load_diffusion_model(args.dit)
     base = model.model
     frames, size, steps = 3, 8, 3
     user = torch.randn(1, 16, frames, size, size)
@@ -88,6 +89,10 @@ def main() -> int:
             del inner.memory_required
 
     def sample(patched):
+        with torch.inference_mode():
+            return _sample(patched)
+
+    def _sample(patched):
         (result,) = comfy_nodes.common_ksampler(patched, 7, steps, 5.0, "euler", "simple", positive, negative, latent,
                                                 denoise=1.0)
         return result["samples"]
