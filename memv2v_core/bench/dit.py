@@ -4,6 +4,13 @@ Part (a): exact matmul FLOPs of Wan2.1-1.3B at 480x832x81 (latent 21x60x104), me
 block, merges replayed with the runtime merge planner. Part (b): CPU step times of a small real ComfyUI WanModel with
 and without memory, run in ComfyUI's Python as a subprocess (skipped with the reason when no ComfyUI is found).
 Run: ``python -m memv2v_core.bench dit [--memories 6 10] [--seeds 16] [--skip-timings] [--reps 12]``.
+
+On a device, at real size: ``python -m memv2v_core.bench dit --device cuda [--size 1.3B|5B|14B]`` times one model
+call and its peak memory for plain T2V, empty memory, the user video alone and 4 / 6 / 10 memories (merged and not,
+and naive all-1x2x2), with ratios, seconds per 50-step CFG turn, the merge saving against memory count, merge ratio
+and pooling, ComfyUI's memory estimate against the measured peak and one JSON line (about 3-4 minutes on an H100/H200
+at 1.3B). It runs ``memv2v_cli.bench_gpu`` in ComfyUI's Python (this library never imports ComfyUI); that file's
+docstring says what an artist trades by raising the merge ratio. ``--device cpu --size tiny`` checks it on a CPU.
 """
 
 from __future__ import annotations
@@ -193,12 +200,17 @@ TIMING_TARGETS = (  # (key, limit, "max" = at most / "min" = at least, what it m
     ("empty_overhead", 0.03, "max", "extra step time of the patch with an empty memory"),
 )
 STEP_SCRIPT = "memv2v_cli.demo.bench_dit_steps"  # runs inside ComfyUI's Python; this library never imports comfy
+DEVICE_SCRIPT = "memv2v_cli.bench_gpu"
 
 
 def find_comfyui() -> tuple[Path | None, str]:
-    """A ComfyUI checkout from $COMFYUI_PATH, else ~/comfy/ComfyUI; None and the places looked at otherwise."""
+    """A ComfyUI checkout from $COMFYUI_PATH, else ~/comfy/ComfyUI, else the ComfyUI whose custom_nodes holds this
+    pack; None and the places looked at otherwise."""
     candidates = [Path(os.environ["COMFYUI_PATH"]).expanduser()] if os.environ.get("COMFYUI_PATH") else []
     candidates.append(Path("~/comfy/ComfyUI").expanduser())
+    repo = Path(__file__).resolve().parents[2]
+    if repo.parent.name == "custom_nodes":
+        candidates.append(repo.parent.parent)
     for path in candidates:
         if (path / "main.py").is_file() and (path / "comfy").is_dir():
             return path, str(path)
@@ -244,15 +256,50 @@ def part_b_cpu_timings(args: argparse.Namespace) -> dict[str, float] | None:
     return timings
 
 
+def device_bench(args: argparse.Namespace) -> int:
+    """The real-size device benchmark, run in ComfyUI's Python; a clear message and exit status 3 without the device."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"No CUDA GPU is visible to this Python (torch {torch.__version__}, CUDA build "
+              f"{torch.version.cuda or 'none'}), so the real-size benchmark cannot run here. Run it on a machine "
+              "with an NVIDIA GPU in ComfyUI's Python, or check it on the CPU at a small size: "
+              "python -m memv2v_core.bench dit --device cpu --size tiny", file=sys.stderr)
+        return 3
+    comfyui, where = find_comfyui()
+    repo = Path(__file__).resolve().parents[2]
+    if comfyui is None:
+        print(f"The device benchmark builds the model with ComfyUI's own classes, but no ComfyUI was found (looked at "
+              f"{where}); set COMFYUI_PATH to a ComfyUI folder.", file=sys.stderr)
+        return 2
+    if not (repo / (DEVICE_SCRIPT.replace(".", "/") + ".py")).is_file():
+        print(f"{DEVICE_SCRIPT} is not beside this library; run the benchmark from the pack's checkout.",
+              file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", DEVICE_SCRIPT, "--comfyui", str(comfyui), "--device", args.device,
+               "--size", args.size, *args.timing_args]
+    print(f"real-size model calls on {args.device} with ComfyUI's WanModel ({comfyui}): {' '.join(command[1:])}",
+          flush=True)
+    return subprocess.run(command, cwd=repo).returncode  # its output streams through as it measures
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memv2v_core.bench dit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m memv2v_core.bench dit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", help="run the real-size benchmark on this device instead (cuda, cuda:1, cpu)")
+    parser.add_argument("--size", default=None, choices=("1.3B", "5B", "14B", "tiny"),
+                        help="with --device: the Wan size (default 1.3B; tiny for a CPU check)")
     parser.add_argument("--memories", type=int, nargs="+", default=[6, 10], help="memory counts to compare")
     parser.add_argument("--seeds", type=int, default=16, help="random rankings averaged per scenario")
     parser.add_argument("--skip-timings", action="store_true", help="skip part (b), the CPU step timings")
     parser.add_argument("--reps", type=int, default=12, help="part (b): timed repetitions per configuration")
-    parser.add_argument("timing_args", nargs="*", help="part (b): further options for memv2v_cli.demo.bench_dit_steps "
-                        "(after --), e.g. -- --attention comfy-cpu-default")
+    parser.add_argument("timing_args", nargs="*", help="further options (after --) for part (b)'s "
+                        "memv2v_cli.demo.bench_dit_steps, e.g. -- --attention comfy-cpu-default, or with --device for "
+                        "memv2v_cli.bench_gpu, e.g. -- --budget-s 120")
     args = parser.parse_args(argv)
+    if args.device is not None:
+        args.size = args.size or ("tiny" if args.device == "cpu" else "1.3B")
+        return device_bench(args)
+    if args.size is not None:
+        parser.error("--size needs --device (e.g. --device cuda --size 14B)")
     results = part_a(args.memories, args.seeds)
     print()
     timings = part_b_cpu_timings(args)

@@ -1,7 +1,8 @@
 """The memory context: which latents condition the target, with which kernel and which temporal ids.
 
 Built by dynamic tokenization from the user video and the ranked memories; holds no model weights, because the
-sampling wrapper embeds the streams with the model's (or the pack's) tokenizer weights on every call.
+sampling wrapper embeds the streams with the model's (or the pack's) tokenizer weights, once per sampling run and
+device.
 """
 
 from __future__ import annotations

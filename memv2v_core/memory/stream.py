@@ -14,6 +14,7 @@ Wiring into a host (sketch, for ComfyUI's WanModel ``dm``): build the state once
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -131,6 +132,52 @@ def per_token_modulation(vec: torch.Tensor, video_tokens: int, memory_tokens: in
     return torch.cat([video, memory], dim=1)
 
 
+def _video_group(frames: int, video_tokens: int) -> int:
+    """Tokens per modulation entry of the video, as Wan's ``repeat_e`` spreads F entries over L tokens."""
+    repeats = video_tokens // frames
+    return repeats if repeats * frames == video_tokens else repeats + 1
+
+
+def _expanded_group(entries: int, tokens: int) -> int:
+    """Tokens each of ``entries`` covers when Wan's ``repeat_e`` spreads them over ``tokens`` (0: it would not)."""
+    if entries == 1:
+        return tokens  # broadcast
+    repeats = tokens // entries
+    if repeats == 1:
+        return 1 if entries == tokens else 0  # repeat_e returns e unchanged: only right when already per token
+    return repeats if repeats * entries == tokens else repeats + 1
+
+
+def grouped_modulation(vec: torch.Tensor, video_tokens: int, memory_tokens: int) -> torch.Tensor:
+    """The per-token modulation of ``per_token_modulation`` in its shortest form that Wan's block expands back.
+
+    Returns [B, G, 6, dim] with one entry per run of ``h`` tokens, ``h`` the largest group size that lines up with
+    every frame boundary and the video/memory boundary and that ``repeat_e`` reproduces (G = ceil(N / h)). The block
+    then adds its modulation to G entries and expands each use to [B, N, dim] as it does without memory, instead of
+    holding [B, N, 6, dim] tensors (N = video + memory tokens) through the whole block. The values every token sees
+    are copies of the same entries, so the block's output is bit-identical to ``per_token_modulation``'s. h = 1 (no
+    saving, still exact) when nothing larger fits. Any other modulation shape is returned unchanged.
+    """
+    if vec.ndim != 4 or vec.shape[1] <= 1:
+        return vec
+    frames = vec.shape[1]
+    step = _video_group(frames, video_tokens)
+    total = video_tokens + memory_tokens
+    boundary = math.gcd(step, video_tokens) if memory_tokens else step
+    for h in sorted((d for d in _divisors(boundary)), reverse=True):
+        entries = -(-total // h)
+        if _expanded_group(entries, total) == h:
+            starts = torch.arange(entries) * h
+            index = torch.where(starts < video_tokens, starts // step, torch.zeros_like(starts))
+            return vec[:, index.to(vec.device)]
+    return per_token_modulation(vec, video_tokens, memory_tokens)
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
 @dataclass(frozen=True)
 class MergeEvent:
     """What one merge block did: the frames it merged and the memory token count before and after."""
@@ -200,7 +247,7 @@ class MemoryStreamState:
             pe_memory = pe_memory.expand(pe_x.shape[0], *pe_memory.shape[1:])
         x_cat = torch.cat([x, memory], dim=1)
         pe_cat = torch.cat([pe_x, pe_memory], dim=1)
-        return x_cat, pe_cat, per_token_modulation(vec, x.shape[1], self.num_tokens)
+        return x_cat, pe_cat, grouped_modulation(vec, x.shape[1], self.num_tokens)
 
     def _merges_at(self, block_index: int) -> bool:
         return self.merge is not None and block_index in self.merge.blocks and self.merge.ratio > 0

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
+import comfy.ops
 import comfy.patcher_extension
 
 from ...memv2v_core.camera.trajectory import recammaster_embedding
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CAMERA_KEY = "memv2v_camera_call"
 WRAPPER_KEY = "memv2v.camera"
+SIZE_KEY = "memv2v.camera_bytes"  # attachment: the camera bytes this clone's size includes
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +50,9 @@ class CameraSelfAttention(torch.nn.Module):
 
     The inner module's children are registered under their own names, so weight keys such as
     ``blocks.0.self_attn.q.weight`` (LoRAs, low-VRAM casting) still resolve to the same parameters while patched.
+    The camera layers are ComfyUI cast ops: ComfyUI moves them with the model when it fits and otherwise leaves them
+    on the offload device and casts them per use, as it does the model's own layers (``apply_camera`` counts them in
+    the model's size).
     """
 
     def __init__(self, inner: torch.nn.Module, enc_w: torch.Tensor, enc_b: torch.Tensor, proj_w: torch.Tensor,
@@ -57,8 +61,8 @@ class CameraSelfAttention(torch.nn.Module):
         object.__setattr__(self, "inner", inner)  # not a child: its children are registered below instead
         for name, child in inner.named_children():
             self.add_module(name, child)
-        self.cam_encoder = torch.nn.Linear(CAMERA_INPUT, enc_w.shape[0], device="meta")
-        self.projector = torch.nn.Linear(proj_w.shape[1], proj_w.shape[0], device="meta")
+        self.cam_encoder = comfy.ops.manual_cast.Linear(CAMERA_INPUT, enc_w.shape[0], device="meta")
+        self.projector = comfy.ops.manual_cast.Linear(proj_w.shape[1], proj_w.shape[0], device="meta")
         for layer, weight, bias in ((self.cam_encoder, enc_w, enc_b), (self.projector, proj_w, proj_b)):
             layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
             layer.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
@@ -66,8 +70,7 @@ class CameraSelfAttention(torch.nn.Module):
     def camera_embedding(self, x: torch.Tensor, call: CameraCall, options: Mapping) -> torch.Tensor:
         """Per-token cam_encoder output [1, L, dim] for the sequence x: video tokens, then tokens the host appended
         (none of ours: zero), then the memory tokens."""
-        weight, bias = self.cam_encoder.weight.to(x), self.cam_encoder.bias.to(x)
-        video = F.linear(call.video_rows.to(x), weight, bias).repeat_interleave(call.tokens_per_frame, dim=0)
+        video = self.cam_encoder(call.video_rows.to(x)).repeat_interleave(call.tokens_per_frame, dim=0)
         memory = options.get(STATE_KEY)
         layout = None if memory is None else memory.state.layout
         tokens = None
@@ -76,7 +79,7 @@ class CameraSelfAttention(torch.nn.Module):
                 raise RuntimeError(
                     f"camera conditioning: the memory stream has {layout.num_frames} frames but the camera rows were "
                     f"made for {call.memory_rows.shape[0]}; Apply Memory must be the node that adds memory tokens.")
-            tokens = F.linear(call.memory_rows.to(x), weight, bias)[layout.token_frame(device=x.device)]
+            tokens = self.cam_encoder(call.memory_rows.to(x))[layout.token_frame(device=x.device)]
         return sequence_embedding(video, tokens, x.shape[1], call.foreign_tokens).unsqueeze(0)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, transformer_options: Mapping = {}, **kwargs):
@@ -88,7 +91,11 @@ class CameraSelfAttention(torch.nn.Module):
             )
         x = x + self.camera_embedding(x, call, transformer_options)
         y = self.inner(x, freqs, transformer_options=transformer_options, **kwargs)
-        return F.linear(y, self.projector.weight.to(y), self.projector.bias.to(y))
+        return self.projector(y)
+
+    def camera_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for layer in (self.cam_encoder, self.projector)
+                   for p in layer.parameters())
 
 
 def camera_blocks(modules: Any, dim: int, depth: int) -> dict[int, tuple[torch.Tensor, ...]]:
@@ -209,10 +216,16 @@ def apply_camera(patched: Any, modules: Any, camera: Any, context: MemoryContext
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                  _make_wrapper(video_rows, mem_rows, user_hw))
+    added = 0
     for index, weights in sorted(blocks.items()):
         name = f"diffusion_model.blocks.{index}.self_attn"
         inner = patched.get_model_object(name)
         inner = inner.inner if isinstance(inner, CameraSelfAttention) else inner  # a second Apply Memory replaces
-        patched.add_object_patch(name, CameraSelfAttention(inner, *weights))
+        layer = CameraSelfAttention(inner, *weights)
+        patched.add_object_patch(name, layer)
+        added += layer.camera_bytes()
+    # ComfyUI sizes a model once, without object patches; its load and offload decisions should see these weights
+    patched.size = patched.model_size() - patched.attachments.get(SIZE_KEY, 0) + added
+    patched.attachments[SIZE_KEY] = added
     log.debug("camera conditioning on %d blocks, target %s, user video: %s", len(blocks), target, user_camera)
     return patched

@@ -6,12 +6,19 @@ context windows and re-entrant calls each get their own state), every ``("double
 A keyed CALC_COND_BATCH wrapper makes one merge plan per step: when the host runs the conditional and unconditional
 passes as separate calls, the unconditional one merges the frames the conditional one chose (see ``_make_cond_batch``).
 Patches are plain closures: ``ModelPatcher.clone()`` deep-copies ``model_options``, and closures are shared, not copied.
+
+Cost on a GPU: a keyed OUTER_SAMPLE wrapper opens one cache per sampling run, so the memory latents go to the device
+and through the tokenizers once per run (per device and dtype), not on every model call; keyed PREPARE_SAMPLING and
+CALC_COND_BATCH wrappers add the memory tokens to ComfyUI's activation estimate (``BaseModel.memory_required``), which
+decides how much of the model stays on the GPU and whether cond and uncond run as one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import math
 import logging
 import types
 from dataclasses import dataclass, field
@@ -25,7 +32,7 @@ import comfy.ops
 import comfy.patcher_extension
 
 from ...memv2v_core.bank.memory_bank import check_latent_format
-from ...memv2v_core.memory.context import MemoryContext, embed_context
+from ...memv2v_core.memory.context import MemoryContext, MemoryTokens, context_layout, embed_context
 from ...memv2v_core.memory.merge import MERGE_MODES
 from ...memv2v_core.memory.positions import scale_shift_positions
 from ...memv2v_core.memory.stream import MemoryStreamState, MergeSettings, default_merge_blocks, rows_for_conditional
@@ -351,6 +358,12 @@ class _Installed:
     fallback: dict = field(default_factory=dict)  # for Wan variants whose block patches get no transformer_options
     warned: set = field(default_factory=set)
     step: "_Step | None" = None  # the sampling step (one CALC_COND_BATCH call) now running, if any
+    runs: list = field(default_factory=list)  # one embedding cache per sampling run in progress (innermost last)
+
+    @property
+    def memory_tokens(self) -> int:
+        """Memory tokens per batch row before any merge (the most the blocks ever carry)."""
+        return context_layout(self.context).num_tokens if self.context.streams else 0
 
     def warn_once(self, key: str, message: str, *args) -> None:
         if key not in self.warned:
@@ -385,7 +398,7 @@ def _merge_for_call(installed: _Installed, cond_or_uncond: tuple[int, ...], batc
     return dataclasses.replace(merge, plan_rows=None)
 
 
-def _make_cond_batch(installed: _Installed) -> Callable:
+def _make_cond_batch(installed: _Installed, patch_size: tuple[int, ...]) -> Callable:
     """CALC_COND_BATCH wrapper: one merge plan per step, made by the conditional pass, as in a batched call.
 
     ComfyUI runs conditional and unconditional separately when they cannot be batched (low VRAM, unequal
@@ -393,6 +406,10 @@ def _make_cond_batch(installed: _Installed) -> Callable:
     run again as two calls, conditional first; outputs go back in ComfyUI's order.
     """
     def memory_cond_batch(executor, model, conds, x_in, timestep, model_options):
+        with counting_memory_tokens(model, installed.memory_tokens, patch_size):  # cond/uncond batching counts it
+            return planned(executor, model, conds, x_in, timestep, model_options)
+
+    def planned(executor, model, conds, x_in, timestep, model_options):
         if installed.merge is None or not installed.context.streams or not conds:
             return executor(model, conds, x_in, timestep, model_options)
         outer, step = installed.step, _Step(has_conditional=conds[0] is not None)
@@ -411,6 +428,106 @@ def _make_cond_batch(installed: _Installed) -> Callable:
     return memory_cond_batch
 
 
+def _weights_key(weight: torch.Tensor) -> tuple:
+    """Which patch-embedding weights these are: object, storage and, where torch keeps one, the in-place version.
+
+    Inference tensors (ComfyUI runs nodes in inference mode) keep no version counter; weight patches land before a
+    run starts, so within one run the object and storage identify them.
+    """
+    try:
+        version = weight._version
+    except RuntimeError:
+        version = None
+    return id(weight), weight.data_ptr(), version
+
+
+def _embedded(installed: _Installed, dm: wan_model.WanModel, device: torch.device, dtype: torch.dtype) -> MemoryTokens:
+    """The embedded context on ``device`` in ``dtype``: made once per sampling run (and per device / dtype / patch
+    embedding weights), or per call outside a sampling run. The stream never changes these tensors in place."""
+    key = (str(device), dtype, _weights_key(dm.patch_embedding.weight))
+    cache = installed.runs[-1] if installed.runs else None
+    if cache is not None and key in cache:
+        return cache[key]
+    embedded = embed_context(installed.context, _weights_for(dm, installed.learned, device), device=device,
+                             dtype=dtype, grid_unit=tuple(dm.patch_size))
+    if cache is not None:
+        cache[key] = embedded
+    return embedded
+
+
+def _make_outer_sample(installed: _Installed) -> Callable:
+    """OUTER_SAMPLE wrapper: one embedding cache for the whole sampling run, dropped when the run ends."""
+    def memory_outer_sample(executor, *args, **kwargs):
+        installed.runs.append({})
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            installed.runs.pop()
+
+    return memory_outer_sample
+
+
+@contextlib.contextmanager
+def sampling_run(patched: Any):
+    """Treat the model calls inside as one sampling run (what the OUTER_SAMPLE wrapper does for a sampler), e.g. to
+    time single model calls the way a sampler makes them."""
+    wrapper = patched.wrappers.get(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, {}).get(WRAPPER_KEY, [None])[0]
+    installed = getattr(wrapper, "_memv2v_installed", None)
+    if installed is None:
+        yield
+        return
+    installed.runs.append({})
+    try:
+        yield
+    finally:
+        installed.runs.pop()
+
+
+def memory_tokens_estimate(base_model: Any, input_shape: Any, tokens: int, patch_size: tuple[int, ...],
+                           original: Callable | None = None) -> float:
+    """What ComfyUI's ``memory_required`` adds for ``tokens`` memory tokens per row: its own (linear) formula on the
+    latent elements those tokens stand for, ``rows x tokens x prod(patch_size)``."""
+    original = base_model.memory_required if original is None else original
+    return original([int(input_shape[0]), 1, tokens * math.prod(patch_size)], {})
+
+
+@contextlib.contextmanager
+def counting_memory_tokens(base_model: Any, tokens: int, patch_size: tuple[int, ...]):
+    """Inside, ``base_model.memory_required`` also counts ``tokens`` memory tokens per batch row.
+
+    ComfyUI has no hook for tokens a patch adds; its own context windows change the estimate through a
+    PREPARE_SAMPLING wrapper. The shadow is an instance attribute, removed again on the way out.
+    """
+    if tokens <= 0:
+        yield
+        return
+    attrs = vars(base_model)
+    had, previous = "memory_required" in attrs, attrs.get("memory_required")
+    original = base_model.memory_required
+
+    def memory_required(input_shape, cond_shapes={}):
+        return original(input_shape, cond_shapes) + memory_tokens_estimate(base_model, input_shape, tokens,
+                                                                           patch_size, original)
+
+    base_model.memory_required = memory_required
+    try:
+        yield
+    finally:
+        if had:
+            base_model.memory_required = previous
+        else:
+            attrs.pop("memory_required", None)
+
+
+def _make_prepare_sampling(installed: _Installed, patch_size: tuple[int, ...]) -> Callable:
+    """PREPARE_SAMPLING wrapper: the load-time estimate (how much of the model stays on the GPU) counts memory."""
+    def memory_prepare_sampling(executor, model, noise_shape, *args, **kwargs):
+        with counting_memory_tokens(model.model, installed.memory_tokens, patch_size):
+            return executor(model, noise_shape, *args, **kwargs)
+
+    return memory_prepare_sampling
+
+
 def _make_wrapper(installed: _Installed) -> Callable:
     def memory_wrapper(executor, x, timestep, text, clip_fea=None, time_dim_concat=None, transformer_options=None,
                        **kwargs):
@@ -426,9 +543,7 @@ def _make_wrapper(installed: _Installed) -> Callable:
                                 "for %d; video positions now overlap the memory's range. Set target_frames in "
                                 "Dynamic Tokenize to the generated video's latent frames.", frames,
                                 installed.context.target_frames)
-        weights_for = _weights_for(dm, installed.learned, x.device)
-        embedded = embed_context(installed.context, weights_for, device=x.device, dtype=x.dtype,
-                                 grid_unit=tuple(dm.patch_size))
+        embedded = _embedded(installed, dm, x.device, x.dtype)
         call = MemoryCall(MemoryStreamState.from_embedded(embedded, merge), _rope_fn(dm, options, x.dtype),
                           cond_or_uncond)
         installed.fallback["call"] = call
@@ -528,9 +643,15 @@ def apply_memory(
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
                                  _make_wrapper(installed))
-    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
-                                 _make_cond_batch(installed))
+    patch_size = tuple(int(p) for p in dm.patch_size)
+    outer_sample = _make_outer_sample(installed)
+    outer_sample._memv2v_installed = installed  # for sampling_run()
+    for kind, wrapper in ((comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, _make_cond_batch(installed, patch_size)),
+                          (comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
+                           _make_prepare_sampling(installed, patch_size)),
+                          (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample)):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for index in range(len(dm.blocks)):
         previous = existing.get(("double_block", index))

@@ -10,6 +10,7 @@ from memv2v_core.memory.stream import (
     MemoryStreamState,
     MergeSettings,
     default_merge_blocks,
+    grouped_modulation,
     per_token_modulation,
     rows_for_conditional,
 )
@@ -279,3 +280,21 @@ def test_a_fixed_plan_merges_exactly_the_planned_frames_without_ranking(blocks):
     bad = MemoryStreamState(memory, positions, layout, merge=MergeSettings(blocks=(1,), fixed_frames=((1, (0,)),)))
     with pytest.raises(ValueError, match="fixed_frames names frames"):
         bad.run_block(blocks[1], x, pe, vec, rope_fn, 1)
+
+
+@pytest.mark.parametrize("frames,video,memory", [(3, 12, 8), (3, 10, 2), (21, 21 * 1560, 63_882), (5, 5 * 16, 7),
+                                                 (2, 8, 1), (4, 4 * 6, 6 * 13), (3, 3 * 64, 0)])
+def test_grouped_modulation_expands_in_the_block_to_exactly_the_per_token_one(frames, video, memory):
+    vec = torch.randn(1, frames, 6, 2)
+    grouped = grouped_modulation(vec, video, memory)
+    expanded = _repeat_e(grouped, torch.zeros(1, video + memory))
+    assert torch.equal(expanded, per_token_modulation(vec, video, memory))
+
+
+def test_grouped_modulation_is_short_at_real_size():
+    # Wan2.1 at 480x832x81 (21 frames of 30x52 tokens) with 6 memories (63,882 memory tokens)
+    vec = torch.randn(1, 21, 6, 4)
+    grouped = grouped_modulation(vec, 21 * 1560, 63_882)
+    assert grouped.shape[1] == 124  # one entry per 780 tokens instead of one per token (96,642)
+    shared = torch.randn(1, 6, 4)
+    assert grouped_modulation(shared, 10, 2) is shared
