@@ -29,7 +29,8 @@ from ..memv2v_core.bank.provenance import sampler_node_provenance
 from ..memv2v_core.long_edit import (file_digest, graph_digest, resume_point, segment_extra, segment_key,
                                      stored_segments, value_digest)
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K
-from ..memv2v_core.segments import BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, plan_segments, source_fingerprint
+from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, blend_weights, plan_segments,
+                                    source_fingerprint)
 from .bank_nodes import _as_queued, _input_types, _latent_format, _model_identity
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
@@ -113,6 +114,41 @@ def _open_source(video, file: str, image, width: int, height: int, fps: float) -
         raise ValueError(f"{name}: {error}") from None
     return _Source(int(info.frames), info.frame_rate, _content_id(stream), stream=stream, info=info, size=size,
                    has_audio=bool(info.has_audio))
+
+
+class StreamStitch:
+    """Temporary: joins segments as ``segments.stitch`` does (same overlap rule), writing each frame once no later
+    segment can touch it. To be replaced by the streaming stitch of ``memv2v_core.segments``."""
+
+    def __init__(self, plan, num_frames: int, blend: str, write):
+        self.plan, self.num_frames, self.blend, self.write = list(plan), num_frames, blend, write
+        self.index, self.pending, self.pending_start = 0, None, 0
+
+    def add(self, segment: torch.Tensor) -> None:
+        start, end = self.plan[self.index]
+        segment = segment.float()
+        if self.pending is None:
+            held = segment
+        else:
+            shared = self.pending_start + self.pending.shape[0] - start
+            earlier = self.pending[start - self.pending_start:]
+            if self.blend == "cut":
+                half = shared // 2
+                joined = torch.cat([earlier[:half], segment[half:]])
+            else:
+                weight = blend_weights(shared, self.blend).to(segment.dtype).view(shared, 1, 1, 1)
+                joined = torch.cat([earlier + weight * (segment[:shared] - earlier), segment[shared:]])
+            held = torch.cat([self.pending[:start - self.pending_start], joined])
+        self.index += 1
+        keep_from = self.plan[self.index][0] if self.index < len(self.plan) else end
+        first = self.pending_start
+        if keep_from > first:
+            self.write(held[:keep_from - first])
+        self.pending, self.pending_start = held[keep_from - first:], keep_from
+
+    def finish(self) -> None:
+        if self.pending is not None and self.pending.shape[0]:
+            self.write(self.pending)
 
 
 def _send_text(text: str, node_id) -> None:
