@@ -301,6 +301,7 @@ class LongVideoEdit(io.ComfyNode):
                     latent, entry_id, line = loop.edit(index)
                 _send_text(line, node_id)
                 lines.append(line)
+                comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
                 stitcher.add(_decode(vae, latent, end - start, entry_id, index))  # one decoded segment at a time
             stitcher.finish()
         edited = count - first
