@@ -167,13 +167,129 @@ def source_fingerprint(frames: torch.Tensor) -> str:
     """A short id of a video's content (shape plus coarse thumbnails of up to 16 frames), to tell source videos
     apart in a bank without the artist naming them; stable across runs on the same decoded frames."""
     _check_video("frames", frames)
-    count = frames.shape[0]
-    picks = torch.linspace(0, count - 1, min(count, 16)).round().long().unique()
-    thumbs = F.adaptive_avg_pool2d(frames[picks].float().permute(0, 3, 1, 2), (8, 8))
+    return source_fingerprint_of(tuple(frames.shape), lambda index: frames[index:index + 1])
+
+
+def fingerprint_frames(count: int) -> list[int]:
+    """The frame indices :func:`source_fingerprint` looks at (up to 16, evenly spread, first and last included)."""
+    return torch.linspace(0, count - 1, min(count, 16)).round().long().unique().tolist()
+
+
+def source_fingerprint_of(shape: Sequence[int], read: Callable[[int], torch.Tensor]) -> str:
+    """:func:`source_fingerprint` of a video held elsewhere (e.g. a file): ``shape`` is its [F, H, W, C] and
+    ``read(i)`` returns frame ``i`` as [1, H, W, C]; only the :func:`fingerprint_frames` are read."""
+    thumbs = torch.cat([F.adaptive_avg_pool2d(read(i).float().permute(0, 3, 1, 2), (8, 8))
+                        for i in fingerprint_frames(int(shape[0]))])
     quantised = (thumbs.clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
-    digest = hashlib.sha256(repr(tuple(frames.shape)).encode())
+    digest = hashlib.sha256(repr(tuple(int(v) for v in shape)).encode())
     digest.update(quantised.numpy().tobytes())
     return "src-" + digest.hexdigest()[:12]
+
+
+SOURCE_FRAMES_KEY = "source_frames"  # bank entry extra: the frame count of the video a segment was cut from
+
+
+def check_source_frames(entries: Sequence, num_frames: int, source_id: str | None = None) -> None:
+    """Refuse a source whose frame count differs from the one earlier segments were stored with (entries whose
+    ``extra`` records :data:`SOURCE_FRAMES_KEY`; older entries record none and pass): its segment windows moved, so
+    stored segments would land on the wrong frames."""
+    stored = {}
+    for entry in entries:
+        value = (getattr(entry, "extra", None) or {}).get(SOURCE_FRAMES_KEY)
+        if value is not None and int(value) != num_frames:
+            stored.setdefault(int(value), []).append(getattr(entry, "segment_index", None))
+    if stored:
+        count, indices = next(iter(stored.items()))
+        name = f"source_id '{source_id}'" if source_id else "this source"
+        raise ValueError(f"source: the video now has {num_frames} frames, but segments {sorted(indices)} of {name} "
+                         f"were stored from a video of {count} frames. The source changed since (trimmed, re-cut or "
+                         "another file?), so its segment windows moved. Load the original video, or use a new bank "
+                         "or source_id for this one; the stored segments are kept.")
+
+
+Emit = Callable[[torch.Tensor], None]
+Fill = Union[torch.Tensor, Callable[[int, int, int, int], torch.Tensor], None]
+
+
+def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num_frames: int, emit: Emit,
+                  blend: str = "cut", fill: Fill = None) -> int:
+    """:func:`stitch`, written out as it goes: ``emit(frames)`` receives the stitched video in order, in chunks,
+    each as soon as no later segment can change it; the chunks joined equal ``stitch(...)`` bit for bit.
+
+    At most two segments are held at once (the one being added and the frames the next one will overlap).
+    ``fill`` gives missing segments: the source video as a tensor, or ``fill(start, end, height, width)`` that
+    returns those source frames at the segments' size (e.g. read from a file; 0, 0 when no segment is edited, for
+    the source's own size). The first edited segment is produced first, so its size is known before any fill.
+    Returns the number of frames emitted.
+    """
+    _check_blend(blend)
+    _check_plan(plan, num_frames)
+    if len(segments) != len(plan):
+        raise ValueError(f"got {len(segments)} segments for a plan of {len(plan)} windows; pass one segment (or None) "
+                         "per window, in order")
+    missing = missing_segments(segments)
+    if missing and fill is None:
+        raise ValueError(f"segments {', '.join(map(str, missing))} (of {len(plan)}, numbered from 0) are missing: "
+                         "edit and store them first, or fill them from the source video.")
+    if isinstance(fill, torch.Tensor):
+        _check_video("fill", fill)
+        if fill.shape[0] != num_frames:
+            raise ValueError(f"fill has {fill.shape[0]} frames but the video has {num_frames}; pass the source video "
+                             "the segments were cut from")
+    pending = None    # stitched frames [pending_start, written) that a later window still overlaps
+    pending_start = written = emitted = 0
+    shape = dtype = device = None
+    first_present = next((i for i, s in enumerate(segments) if s is not None), None)
+    early = {} if first_present is None else {first_present: _produce(segments[first_present])}
+    if first_present is not None:
+        _check_video(f"segment {first_present}", early[first_present])
+        shape = tuple(early[first_present].shape[1:])
+        dtype = early[first_present].dtype if early[first_present].is_floating_point() else torch.float32
+        device = early[first_present].device
+    for index, ((start, end), item) in enumerate(zip(plan, segments)):
+        if index in early:
+            segment = early.pop(index)
+        elif item is not None:
+            segment = _produce(item)
+        else:
+            segment = _fill_segment(fill, start, end, shape)
+        _check_video(f"segment {index}", segment)
+        if shape is None:  # nothing edited at all: the fill decides the size
+            shape, dtype, device = tuple(segment.shape[1:]), (segment.dtype if segment.is_floating_point()
+                                                              else torch.float32), segment.device
+        if tuple(segment.shape) != (end - start, *shape):
+            raise ValueError(f"segment {index} has shape {list(segment.shape)} but window {start}..{end} needs "
+                             f"{[end - start, *shape]}; every segment must have its window's frame count and the "
+                             "same size (decode edited latents with the same VAE and resolution)")
+        segment = segment.to(device=device, dtype=dtype)
+        shared = written - start
+        if shared > 0:
+            earlier = pending[start - pending_start:]
+            if blend == "cut":
+                half = shared // 2
+                joined = torch.cat([earlier[:half], segment[half:]])
+            else:
+                weight = blend_weights(shared, blend).to(dtype=dtype, device=device).view(shared, 1, 1, 1)
+                joined = torch.cat([earlier + weight * (segment[:shared] - earlier), segment[shared:]])
+        else:
+            joined = segment
+        del segment
+        written = end
+        final = plan[index + 1][0] if index + 1 < len(plan) else end  # no later window reaches before this
+        if final > start:
+            emit(joined[:final - start])
+            emitted += final - start
+        pending, pending_start = joined[final - start:].clone(), final  # a copy: the rest of joined can go
+        del joined
+    return emitted
+
+
+def _fill_segment(fill: Fill, start: int, end: int, shape) -> torch.Tensor:
+    if callable(fill):
+        height, width = (shape[0], shape[1]) if shape is not None else (0, 0)
+        return fill(start, end, height, width)
+    frames = fill[start:end]
+    return frames if shape is None else _resized(frames, shape[0], shape[1])
 
 
 def _resized(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:

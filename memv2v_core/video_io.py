@@ -174,19 +174,22 @@ def check_range(info: VideoInfo, start: int, end: int, name: str = "video") -> N
 
 
 def read_frames(source: Source, start: int, end: int, size: tuple[int, int] | None = None, *,
-                info: VideoInfo | None = None) -> torch.Tensor:
+                info: VideoInfo | None = None, crop: bool = False) -> torch.Tensor:
     """Frames ``[start, end)`` of a video as a float32 IMAGE batch ``[end - start, H, W, 3]`` in 0..1.
 
     Decodes only from the keyframe before ``start`` up to ``end`` (see the module docstring for how frames are
     numbered), so memory holds just these frames. ``size=(height, width)`` resizes each frame while it is converted
-    to RGB (libswscale bilinear via PyAV's ``VideoFrame.reformat``). Pass ``info`` from :func:`probe` to skip probing
-    again when reading many segments of one file. The result equals frames ``[start:end]`` of a full decode bit for
-    bit (with the same ``size``).
+    to RGB (libswscale bilinear via PyAV's ``VideoFrame.reformat``); with ``crop=True`` the frame is scaled to cover
+    ``size`` keeping its aspect and the middle is cut out (like ComfyUI's ImageScale with crop "center"). Pass
+    ``info`` from :func:`probe` to skip probing again when reading many segments of one file. The result equals
+    frames ``[start:end]`` of a full decode bit for bit (with the same ``size`` and ``crop``).
     """
     info = info or probe(source)
     check_range(info, start, end, describe(source))
     height, width = _check_size(size, info)
     out = torch.empty((end - start, height, width, 3), dtype=torch.float32)
+    resize = None if size is None else cover_size(info.height, info.width, height, width) if crop else (height, width)
+    resize = None if resize == (info.height, info.width) else resize  # the video's own size: no scaler pass
     with _open(source) as container:
         stream = _video_stream(container, source)
         stream.thread_type = "AUTO"
@@ -194,13 +197,13 @@ def read_frames(source: Source, start: int, end: int, size: tuple[int, int] | No
         if info.variable_frame_rate:
             _warn_vfr(source, info)
         elif start > 0:
-            got = _read_seeking(container, stream, info, start, end, out, size is not None)
+            got = _read_seeking(container, stream, info, start, end, out, resize)
             if got is None:
                 logger.warning("video %s: frame timestamps are not on a constant %s fps grid; decoding from the "
                                "first frame and numbering frames by count", describe(source), info.frame_rate)
         if got is None:
             container.seek(0) if start > 0 else None
-            got = _read_counting(container.decode(stream), start, end, out, size is not None)
+            got = _read_counting(container.decode(stream), start, end, out, resize)
     if got != end - start:
         raise VideoDecodeError(f"video {describe(source)}: decoding gave only {start + got} of the {info.frames} "
                                f"frames its header lists, so frames [{start + got}, {end}) are missing; the file is "
@@ -218,15 +221,24 @@ def _check_size(size, info: VideoInfo) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _store(out: torch.Tensor, i: int, frame, resize: bool) -> None:
+def cover_size(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int]:
+    """The smallest size with the source's aspect that covers the target (the size before a center crop)."""
+    scale = max(target_height / height, target_width / width)
+    return max(target_height, round(height * scale)), max(target_width, round(width * scale))
+
+
+def _store(out: torch.Tensor, i: int, frame, resize: tuple[int, int] | None) -> None:
     height, width = out.shape[1:3]
-    if resize:
-        frame = frame.reformat(width=width, height=height, format="rgb24", interpolation=RESIZE)
+    if resize is not None:
+        frame = frame.reformat(width=resize[1], height=resize[0], format="rgb24", interpolation=RESIZE)
     array = frame.to_ndarray(format="rgb24")
-    out[i].copy_(torch.from_numpy(array)).div_(255.0)  # == ComfyUI's from_numpy(rgb24) / 255.0
+    if array.shape[:2] != (height, width):  # crop: the middle of the covering frame
+        top, left = (array.shape[0] - height) // 2, (array.shape[1] - width) // 2
+        array = array[top:top + height, left:left + width]
+    out[i].copy_(torch.from_numpy(np.ascontiguousarray(array))).div_(255.0)  # == ComfyUI's rgb24 / 255.0
 
 
-def _read_counting(frames: Iterator, start: int, end: int, out: torch.Tensor, resize: bool) -> int:
+def _read_counting(frames: Iterator, start: int, end: int, out: torch.Tensor, resize) -> int:
     """Number frames by their position in a decode from the first frame."""
     got = 0
     for index, frame in enumerate(frames):
@@ -247,7 +259,7 @@ def _frame_index(pts, info: VideoInfo) -> int | None:
 
 
 def _read_seeking(container, stream, info: VideoInfo, start: int, end: int, out: torch.Tensor,
-                  resize: bool) -> int | None:
+                  resize) -> int | None:
     """Seek to the keyframe before ``start`` and decode forward; None when timestamps cannot be trusted."""
     target = info.first_pts + int(start / info.frame_rate / info.time_base)
     back = Fraction(0)  # seconds to seek further back when the keyframe found lies after ``start``
@@ -296,11 +308,12 @@ def _warn_vfr(source: Source, info: VideoInfo) -> None:
                        key, info.frames, info.fps, info.frame_rate)
 
 
-def iter_segments(source: Source, windows, size: tuple[int, int] | None = None, *, info: VideoInfo | None = None):
+def iter_segments(source: Source, windows, size: tuple[int, int] | None = None, *, info: VideoInfo | None = None,
+                  crop: bool = False):
     """``read_frames`` for each ``(start, end)`` window in turn; one segment in memory at a time."""
     info = info or probe(source)
     for start, end in windows:
-        yield read_frames(source, start, end, size, info=info)
+        yield read_frames(source, start, end, size, info=info, crop=crop)
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -432,17 +445,18 @@ class VideoWriter:
             self.abort()
             raise ValueError(f"frames of {frames.shape[1]}x{frames.shape[2]} after frames of "
                              f"{self._stream.height}x{self._stream.width}: every chunk of a video needs one size")
-        # round, not truncate: x / 255 * 255 may land just below x in float32
-        pixels = (frames.detach().float().cpu() * 255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
         try:
-            for array in pixels:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-                frame.pts = self.frames_written
-                frame.time_base = 1 / self.frame_rate
-                for packet in self._stream.encode(frame):
-                    self._container.mux(packet)
-                self.frames_written += 1
-            self._mux_audio(float(self.frames_written / self.frame_rate))
+            for first in range(0, frames.shape[0], 8):  # 8 frames at a time: no full-chunk copy of the frames
+                # round, not truncate: x / 255 * 255 may land just below x in float32
+                pixels = (frames[first:first + 8].detach().float().cpu() * 255.0).round_().clamp_(0, 255)
+                for array in pixels.to(torch.uint8).numpy():
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                    frame.pts = self.frames_written
+                    frame.time_base = 1 / self.frame_rate
+                    for packet in self._stream.encode(frame):
+                        self._container.mux(packet)
+                    self.frames_written += 1
+                self._mux_audio(float(self.frames_written / self.frame_rate))
         except (OSError, av.FFmpegError) as error:
             raise self._fail(error, f"writing frame {self.frames_written}") from error
 

@@ -5,8 +5,9 @@ import torch
 
 from video_frames import decode
 
-from memv2v_core.segments import (BLENDS, blend_weights, check_segment_length, missing_segments, plan_segments,
-                                  source_fingerprint, split_segment, stitch)
+from memv2v_core.segments import (BLENDS, blend_weights, check_segment_length, check_source_frames, missing_segments,
+                                  plan_segments, source_fingerprint, source_fingerprint_of, split_segment, stitch,
+                                  stitch_stream)
 
 VIDEOS = (4, 7, 9, 10)  # ReCamMaster test videos: 102, 150, 93 and 100 frames
 SETTINGS = [(33, 0), (33, 8), (33, 24), (49, 16), (81, 8), (81, 24)]  # (segment length, overlap)
@@ -188,3 +189,75 @@ def test_segments_given_as_callables_are_produced_once_in_order_and_stitch_the_s
         calls.clear()
         assert torch.equal(stitch(lazy, plan, 40, blend, fill=video), stitch(eager, plan, 40, blend, fill=video))
         assert calls == [i for i in range(len(plan)) if i != 1]  # each produced once, in plan order
+
+
+def test_the_fingerprint_of_a_video_read_frame_by_frame_is_the_one_of_its_tensor(videos):
+    """Same id whether the frames are in memory or read one at a time from a file; and still the 0.x formula."""
+    import hashlib
+
+    import torch.nn.functional as F
+
+    frames = videos[9]
+    picks = torch.linspace(0, frames.shape[0] - 1, 16).round().long().unique()  # the formula banks were made with
+    thumbs = F.adaptive_avg_pool2d(frames[picks].float().permute(0, 3, 1, 2), (8, 8))
+    digest = hashlib.sha256(repr(tuple(frames.shape)).encode())
+    digest.update((thumbs.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy().tobytes())
+    reads = []
+    by_frame = source_fingerprint_of(tuple(frames.shape), lambda i: reads.append(i) or frames[i:i + 1])
+    assert source_fingerprint(frames) == by_frame == "src-" + digest.hexdigest()[:12]
+    assert reads == picks.tolist()
+
+
+STREAM_CASES = [(60, 33, 8), (150, 33, 8), (93, 33, 24), (40, 17, 0), (33, 33, 8), (81, 17, 16)]
+
+
+@pytest.mark.parametrize("num_frames, length, overlap", STREAM_CASES)
+@pytest.mark.parametrize("blend", BLENDS)
+def test_streaming_stitch_emits_exactly_what_stitch_returns_holding_two_segments(num_frames, length, overlap, blend):
+    torch.manual_seed(num_frames + length)
+    plan = plan_segments(num_frames, length, overlap)
+    source = torch.rand(num_frames, 3, 5, 3)
+    edited = [torch.rand(end - start, 3, 5, 3) for start, end in plan]
+    edited[len(plan) // 2] = None  # one missing, taken from the source
+    chunks, held = [], []
+
+    def emit(frames):
+        chunks.append(frames.clone())
+        held.append(frames.untyped_storage().nbytes())
+
+    expected = stitch(edited, plan, num_frames, blend, fill=source)
+    reader = lambda start, end, height, width: source[start:end].clone()  # noqa: E731 - as a file reader gives
+    assert stitch_stream(edited, plan, num_frames, emit, blend, fill=reader) == num_frames
+    assert torch.equal(torch.cat(chunks), expected)
+    one_segment = length * 3 * 5 * 3 * 4
+    assert max(held) <= 2 * one_segment  # a chunk never views more than two segments' worth of frames
+
+
+def test_streaming_stitch_fills_from_a_reader_at_the_segments_size_and_refuses_misfits():
+    plan = plan_segments(50, 17, 4)
+    calls = []
+
+    def reader(start, end, height, width):
+        calls.append((start, end, height, width))
+        return torch.full((end - start, height, width, 3), 0.5)
+
+    pieces = [None] + [torch.zeros(end - start, 2, 4, 3) for start, end in plan[1:]]
+    out = []
+    stitch_stream(pieces, plan, 50, out.append, "cut", fill=reader)
+    assert calls == [(0, 17, 2, 4)] and torch.cat(out).shape == (50, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"segments 0 \(of 4"):
+        stitch_stream(pieces, plan, 50, out.append)
+    pieces[2] = torch.zeros(17, 3, 4, 3)
+    with pytest.raises(ValueError, match="segment 2 has shape"):
+        stitch_stream(pieces, plan, 50, out.append, fill=reader)
+
+
+def test_a_source_whose_frame_count_changed_is_refused():
+    class Entry:
+        def __init__(self, index, frames):
+            self.segment_index, self.extra = index, {"source_frames": frames} if frames else {}
+
+    check_source_frames([Entry(0, 150), Entry(1, None)], 150, "src-a")  # same count, and an older entry: fine
+    with pytest.raises(ValueError, match=r"now has 140 frames, but segments \[0, 1\] of source_id 'src-a' were "
+                                         r"stored from a video of 150 frames.*Load the original video"):
+        check_source_frames([Entry(0, 150), Entry(1, 150)], 140, "src-a")

@@ -14,6 +14,7 @@ import torch
 
 from memv2v_core import video_io
 from memv2v_core.video_io import VideoDecodeError, VideoWriteError, VideoWriter, probe, read_frames
+from video_frames import OPEN_GOP, encode, pattern
 
 VIDEOS = sorted(Path(__file__).resolve().parents[3].glob("shared/data/recammaster/videos/*.mp4")) or sorted(
     Path("/work/shared/data/recammaster/videos").glob("*.mp4"))
@@ -28,53 +29,6 @@ def full_decode(path, size=None) -> torch.Tensor:
                 frame = frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="BILINEAR")
             frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")) / 255.0)
     return torch.stack(frames)
-
-
-def pattern(index: int, height: int = 32, width: int = 48) -> np.ndarray:
-    """A frame whose blocks spell its index, so a frame taken from the wrong place shows."""
-    image = np.zeros((height, width, 3), np.uint8)
-    for bit in range(12):
-        row, col = divmod(bit, 6)
-        image[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = 255 if index >> bit & 1 else 0
-    image[16:, :, 1] = (index * 7) % 256
-    image[16:, :, 2] = np.arange(width, dtype=np.uint8)[None, :] * 5
-    return image
-
-
-def encode(path, count, fps=Fraction(30), codec="libx264", options=None, pts=None, audio=False, size=(32, 48)):
-    """A synthetic source video written with PyAV directly (not with the writer under test)."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p" if codec == "libx264" else "bgr0"
-        stream.options = options or {}
-        if pts is not None:
-            stream.time_base = Fraction(1, 1000)
-        if audio:
-            sound = container.add_stream("aac", rate=8000)
-            sound.layout = "mono"
-        for i in range(count):
-            frame = av.VideoFrame.from_ndarray(pattern(i, *size), format="rgb24")
-            if pts is not None:
-                frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        if audio:
-            samples = int(count / fps * 8000)
-            tone = (np.sin(np.arange(samples) * 0.05) * 0.3).astype(np.float32)[None, :]
-            for offset in range(0, samples, 1024):
-                chunk = av.AudioFrame.from_ndarray(tone[:, offset:offset + 1024], format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = 8000, offset
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-    return Path(path)
-
-
-OPEN_GOP = {"g": "12", "bf": "3", "x264-params": "open-gop=1:keyint=12:min-keyint=12:scenecut=0:b-pyramid=normal"}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +93,15 @@ def test_seeking_reads_only_near_the_segment(long_video, monkeypatch):
     read_frames(long_video, 2900, 2981, info=info)
     assert len(decoded) == 81
     assert frames_seen < 81 + 40, frames_seen  # one 12-frame GOP (plus reordering) before the start, not 2900
+
+
+def test_crop_takes_the_middle_of_a_covering_resize(long_video):
+    """crop=True: scale to cover (keeping the aspect), then cut the middle, like ImageScale's crop "center"."""
+    info = probe(long_video)  # 48x32, aspect 3:2
+    assert video_io.cover_size(32, 48, 16, 16) == (16, 24)
+    wide = read_frames(long_video, 100, 103, (16, 24), info=info)
+    square = read_frames(long_video, 100, 103, (16, 16), info=info, crop=True)
+    assert square.shape == (3, 16, 16, 3) and torch.equal(square, wide[:, :, 4:20])
 
 
 def test_a_container_without_a_frame_count_is_counted_from_its_packets(tmp_path):
@@ -241,3 +204,34 @@ def test_an_error_inside_the_block_discards_the_file(tmp_path):
             writer.write(torch.rand(3, 8, 8, 3))
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blend", ["cut", "linear"])
+def test_an_identity_edit_stitched_from_disk_reproduces_the_source(tmp_path, blend):
+    """Segments read from the file, unedited, stitched while writing losslessly: the written file decodes to the
+    source's frames bit for bit, with its frame count, exact frame rate and audio."""
+    from memv2v_core.segments import plan_segments, stitch_stream
+
+    source = encode(tmp_path / "src.mp4", 130, fps=Fraction(25), options=OPEN_GOP, audio=True)
+    info = probe(source)
+    plan = plan_segments(info.frames, 33, 8)
+    pieces = [lambda s=s, e=e: read_frames(source, s, e, info=info) for s, e in plan]
+    out = tmp_path / "stitched.mkv"
+    with VideoWriter(out, info.frame_rate, lossless=True, audio_from=source) as writer:
+        assert stitch_stream(pieces, plan, info.frames, writer.write, blend) == 130
+    written = probe(out)
+    assert (written.frames, written.frame_rate, written.has_audio) == (130, Fraction(25), True)
+    assert torch.equal(full_decode(out), full_decode(source))
+
+
+def test_the_video_bench_runs_at_a_tiny_size(capsys):
+    """The benchmark's command line works end to end (tiny and not timed; the real run is 600 vs 3000 at 480p)."""
+    import json
+
+    from memv2v_core.bench import video as video_bench
+
+    assert video_bench.main(["--frames", "20", "45", "--width", "32", "--height", "24", "--length", "9",
+                             "--overlap", "2", "--old-frames", "20", "--limit", "10"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [row["frames"] for row in summary["stream"]] == [20, 45] and summary["outputs_exact"]
+    assert summary["old"]["frames"] == 20 and summary["peak_ratio"] > 0
