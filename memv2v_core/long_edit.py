@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 LONG_EDIT_KEY = "long_edit"   # entry.extra key: {"key", "index", "count", "window", "frames"}
 KEY_VERSION = 1               # part of every key: a change of what the key covers starts afresh
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (read in 1 MiB chunks: memory does not grow with the file)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                return digest.hexdigest()
-            digest.update(block)
 
 
 def value_digest(value: Any) -> str:

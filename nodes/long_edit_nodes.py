@@ -8,10 +8,9 @@ records); ``memv2v_core.long_edit`` decides which segments a re-run can take fro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from fractions import Fraction
 from types import SimpleNamespace
 
 import comfy.model_management
@@ -21,21 +20,21 @@ import comfy.utils
 import folder_paths
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import InputImpl, io
 
-from ..memv2v_core import video_io
+from ..memv2v_core.video_io import VideoWriter, VideoWriteError
 from ..memv2v_core.bank.inputs import run_text
 from ..memv2v_core.bank.provenance import sampler_node_provenance
-from ..memv2v_core.long_edit import (file_digest, graph_digest, resume_point, segment_extra, segment_key,
+from ..memv2v_core.long_edit import (graph_digest, resume_point, segment_extra, segment_key,
                                      stored_segments, value_digest)
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K
-from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, blend_weights, plan_segments,
-                                    source_fingerprint)
+from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, check_source_frames,
+                                    plan_segments, stitch_stream)
 from .bank_nodes import _as_queued, _input_types, _latent_format, _model_identity
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
 from .memory_nodes import KERNELS, MERGE_INPUTS, make_context, patch_model
-from .segment_nodes import LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, _decode
+from .segment_nodes import LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, _decode, _size_of, _source_of
 from .socket_types import Bank, Embedder
 
 logger = logging.getLogger(__name__)
@@ -45,110 +44,27 @@ STORY_GAP = 5.0  # Dynamic Tokenize's default; unused in mode edit
 
 
 _Inputs = SimpleNamespace  # the node's inputs by name, for the loop
-_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) -> content hash: a re-run does not read the file again
 
 
-@dataclass
-class _Source:
-    """The video to edit: a file (or in-memory file) read one segment at a time, or an IMAGE batch in memory."""
-
-    frames: int
-    frame_rate: object  # Fraction for files, float for IMAGE batches
-    source_id: str
-    stream: object = None  # a path or a seekable binary file object (video_io source)
-    info: object = None
-    images: torch.Tensor | None = None
-    size: tuple[int, int] | None = None  # (height, width) to resize to; None: as stored
-    has_audio: bool = False
-
-    def read(self, start: int, end: int) -> torch.Tensor:
-        if self.images is None:
-            return video_io.read_frames(self.stream, start, end, self.size, info=self.info)
-        frames = self.images[start:end]
-        if self.size is None or tuple(frames.shape[1:3]) == self.size:
-            return frames
-        height, width = self.size
-        return comfy.utils.common_upscale(frames.movedim(-1, 1), width, height, "bilinear", "disabled").movedim(1, -1)
-
-
-def _content_id(stream) -> str:
-    """The source's id for the bank: a hash of the file's bytes (cached by path, size and modification time)."""
-    if isinstance(stream, str):
-        stat = os.stat(stream)
-        key = (os.path.abspath(stream), stat.st_size, stat.st_mtime_ns)
-        if key not in _DIGESTS:
-            _DIGESTS[key] = file_digest(stream)
-        return "src-" + _DIGESTS[key][:12]
-    digest = hashlib.sha256()
-    stream.seek(0)
-    for block in iter(lambda: stream.read(1 << 20), b""):
-        digest.update(block)
-    stream.seek(0)
-    return "src-" + digest.hexdigest()[:12]
-
-
-def _open_source(video, file: str, image, width: int, height: int, fps: float) -> _Source:
-    """Exactly one of video / file / image, probed (a file's header only) and identified by its content."""
+def _open_source(video, file: str, image, width: int, height: int):
+    """Exactly one of video / file / image, as Split Segments opens it (a file: header only, read a segment at a
+    time, center-cropped to width x height); returns (source, the input it came through)."""
     file = (file or "").strip()
     given = [name for name, value in (("video", video), ("file", file or None), ("image", image)) if value is not None]
     if len(given) != 1:
         which = "none is given" if not given else f"{' and '.join(given)} are all given"
         raise ValueError(f"video / file / image: {which}; give exactly one source video (Load Video to 'video', a "
                          "file name in ComfyUI's input folder to 'file', or an IMAGE batch to 'image').")
-    if (width == 0) != (height == 0):
-        raise ValueError(f"width={width}, height={height}: set both to resize, or both to 0 to keep the source size")
-    size = (height, width) if width and height else None
-    if image is not None:
-        return _Source(int(image.shape[0]), fps, source_fingerprint(image), images=image, size=size)
-    if video is not None:
-        name, stream = "video", video.get_stream_source()
-    else:
-        name, stream = "file", folder_paths.get_annotated_filepath(file)
-        if not stream or not os.path.isfile(stream):
+    name = given[0]
+    if name == "file":
+        path = folder_paths.get_annotated_filepath(file)
+        if not path or not os.path.isfile(path):
             raise ValueError(f"file: '{file}' is not a file in ComfyUI's input folder "
                              f"({folder_paths.get_input_directory()}); put the video there or connect Load Video to "
                              "'video'.")
-    try:
-        info = video_io.probe(stream)
-    except ValueError as error:  # VideoDecodeError: says what is wrong with the file and how to re-encode it
-        raise ValueError(f"{name}: {error}") from None
-    return _Source(int(info.frames), info.frame_rate, _content_id(stream), stream=stream, info=info, size=size,
-                   has_audio=bool(info.has_audio))
-
-
-class StreamStitch:
-    """Temporary: joins segments as ``segments.stitch`` does (same overlap rule), writing each frame once no later
-    segment can touch it. To be replaced by the streaming stitch of ``memv2v_core.segments``."""
-
-    def __init__(self, plan, num_frames: int, blend: str, write):
-        self.plan, self.num_frames, self.blend, self.write = list(plan), num_frames, blend, write
-        self.index, self.pending, self.pending_start = 0, None, 0
-
-    def add(self, segment: torch.Tensor) -> None:
-        start, end = self.plan[self.index]
-        segment = segment.float()
-        if self.pending is None:
-            held = segment
-        else:
-            shared = self.pending_start + self.pending.shape[0] - start
-            earlier = self.pending[start - self.pending_start:]
-            if self.blend == "cut":
-                half = shared // 2
-                joined = torch.cat([earlier[:half], segment[half:]])
-            else:
-                weight = blend_weights(shared, self.blend).to(segment.dtype).view(shared, 1, 1, 1)
-                joined = torch.cat([earlier + weight * (segment[:shared] - earlier), segment[shared:]])
-            held = torch.cat([self.pending[:start - self.pending_start], joined])
-        self.index += 1
-        keep_from = self.plan[self.index][0] if self.index < len(self.plan) else end
-        first = self.pending_start
-        if keep_from > first:
-            self.write(held[:keep_from - first])
-        self.pending, self.pending_start = held[keep_from - first:], keep_from
-
-    def finish(self) -> None:
-        if self.pending is not None and self.pending.shape[0]:
-            self.write(self.pending)
+        video = InputImpl.VideoFromFile(path)
+    size = _size_of(width, height, "image" if name == "image" else "video")
+    return _source_of(image, video, "image", name, size), name
 
 
 def _send_text(text: str, node_id) -> None:
@@ -205,10 +121,11 @@ class LongVideoEdit(io.ComfyNode):
                                tooltip="Instead of clip_vision: Memory-V2V Embedder Load (open_clip or the "
                                        "colour-histogram fallback)."),
                 io.Int.Input("width", default=832, min=0, max=8192, step=16,
-                             tooltip="Width the source is resized to while it is read (a multiple of 16 for the "
-                                     "Wan 2.2 VAE); 0 with height 0 keeps the source size."),
+                             tooltip="Width each segment is decoded at (a multiple of 16 for the Wan 2.2 VAE), the "
+                                     "middle cut out when the aspect differs, as Split Segments does. 0 with height "
+                                     "0: the video's own size (required for an IMAGE source: resize it before)."),
                 io.Int.Input("height", default=480, min=0, max=8192, step=16,
-                             tooltip="Height the source is resized to while it is read; 0 with width 0 keeps it."),
+                             tooltip="Height each segment is decoded at (see width)."),
                 io.Int.Input("segment_length", default=DEFAULT_LENGTH, min=1, max=MAX_FRAMES, tooltip=LENGTH_TOOLTIP),
                 io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=MAX_FRAMES, tooltip=OVERLAP_TOOLTIP),
                 io.Combo.Input("blend", options=list(BLENDS), default="cut",
@@ -268,29 +185,31 @@ class LongVideoEdit(io.ComfyNode):
         a = _Inputs(**{k: v for k, v in locals().items() if k != "cls"})
         node_id = str(cls.hidden.unique_id)
         stride = vae.temporal_compression_decode() or 1
-        source = _open_source(video, file, image, width, height, fps)
+        source, source_input = _open_source(video, file, image, width, height)
         try:
-            plan = plan_segments(source.frames, segment_length, overlap, stride)
+            plan = plan_segments(source.count, segment_length, overlap, stride)
         except ValueError as error:
             raise ValueError(f"segment_length / overlap: {error}") from None
+        rate = source.frame_rate or Fraction(fps).limit_denominator(1001 * 1000)
+        source_id = source.fingerprint()  # as Split Segments gives it: the per-segment nodes see the same video
         count = len(plan)
         clip_file = clip_vision_file(cls.hidden.dynprompt, node_id) if clip_vision is not None else ""
         seg_embedder, embedder_input = segment_embedder(embedder, clip_vision, clip_file)
         api_prompt = _as_queued(cls.hidden.prompt) if isinstance(cls.hidden.prompt, dict) else None
         found = sampler_node_provenance(api_prompt, node_id, _input_types) if api_prompt else None
-        keys = [segment_key(_key_settings(a, source, stride, seg_embedder, api_prompt, node_id), window)
-                for window in plan]
+        settings = _key_settings(a, source, source_id, stride, seg_embedder, api_prompt, node_id)
+        keys = [segment_key(settings, window) for window in plan]
         bank.refresh()
-        stored = stored_segments((bank.entry(i) for i in bank.retrieval_ids()), keys)
+        visible = [bank.entry(i) for i in bank.retrieval_ids()]
+        check_source_frames([e for e in visible if e.source_id == source_id], source.count, source_id)
+        stored = stored_segments(visible, keys)
         first = resume_point(stored, count)
-        loop = _Loop(cls, a, bank, source, plan, keys, found, api_prompt, seg_embedder, embedder_input, node_id)
+        loop = _Loop(cls, a, bank, source, source_id, plan, keys, found, api_prompt, seg_embedder, embedder_input,
+                     node_id)
+        lines: list[str] = []
 
-        path, subfolder = _output_path(filename_prefix, source)
-        lines = []
-        with video_io.VideoWriter(path, source.frame_rate, audio_from=source.stream if source.has_audio else None
-                                  ) as writer:
-            stitcher = StreamStitch(plan, source.frames, blend, writer.write)
-            for index, (start, end) in enumerate(plan):
+        def segment(index: int):
+            def produce() -> torch.Tensor:  # called by the stitch in order, one segment at a time
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 if index < first:
                     entry_id = stored[index].entry_id
@@ -302,21 +221,29 @@ class LongVideoEdit(io.ComfyNode):
                 _send_text(line, node_id)
                 lines.append(line)
                 comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
-                stitcher.add(_decode(vae, latent, end - start, entry_id, index))  # one decoded segment at a time
-            stitcher.finish()
-        edited = count - first
-        summary = f"segment {count}/{count} edited, {first} resumed from bank ({edited} edited in this run)"
-        report = "\n".join([summary, *lines, f"written: {path} ({source.frames} frames)"])
+                start, end = plan[index]
+                return _decode(vae, latent, end - start, entry_id, index)
+            return produce
+
+        path, subfolder = _output_path(filename_prefix, source)
+        try:
+            with VideoWriter(path, rate, audio_from=source.audio_file) as writer:
+                stitch_stream([segment(i) for i in range(count)], plan, source.count, writer.write, blend)
+        except VideoWriteError as error:  # names the path and the fix; the bank keeps every stored segment
+            raise RuntimeError(f"filename_prefix: {error}") from None
+        summary = f"segment {count}/{count} edited, {first} resumed from bank ({count - first} edited in this run)"
+        report = "\n".join([summary, *lines, f"written: {path} ({source.count} frames at {float(rate):.3f} fps"
+                             + (", audio from the source)" if source.audio_file is not None else ")")])
         saved = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
         ui = {"text": [report], "images": [saved], "animated": (True,)}
-        return io.NodeOutput(_video_from_file(str(path)), str(path), report, ui=ui)
+        return io.NodeOutput(InputImpl.VideoFromFile(str(path)), str(path), report, ui=ui)
 
 
-def _key_settings(a, source: _Source, stride: int, embedder, api_prompt, node_id: str) -> dict:
+def _key_settings(a, source, source_id: str, stride: int, embedder, api_prompt, node_id: str) -> dict:
     """Everything that decides a segment's edit, besides its window (``memv2v_core.long_edit.segment_key``)."""
     identity = getattr(embedder, "identity", None)
     return {
-        "source_id": source.source_id, "frames": source.frames, "size": source.size, "stride": stride,
+        "source_id": source_id, "shape": list(source.shape), "stride": stride,
         "segment_length": a.segment_length, "overlap": a.overlap,
         "sampler": {"seed": a.seed, "steps": a.steps, "cfg": a.cfg, "sampler_name": a.sampler_name,
                     "scheduler": a.scheduler, "denoise": a.denoise},
@@ -334,10 +261,9 @@ def _key_settings(a, source: _Source, stride: int, embedder, api_prompt, node_id
     }
 
 
-def _output_path(prefix: str, source: _Source) -> tuple[str, str]:
+def _output_path(prefix: str, source) -> tuple[str, str]:
     """(full path of a new .mp4 under the output folder, its subfolder), numbered like SaveVideo's files."""
-    height, width = source.size or ((source.info.height, source.info.width) if source.info else
-                                    tuple(source.images.shape[1:3]))
+    height, width = source.shape[1:3]
     folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory(),
                                                                           width, height)
     return os.path.join(folder, f"{name}_{counter:05}_.mp4"), subfolder
@@ -346,9 +272,10 @@ def _output_path(prefix: str, source: _Source) -> tuple[str, str]:
 class _Loop:
     """The per-segment work of one run, with one progress bar over all segments' sampling steps."""
 
-    def __init__(self, node_cls, a: _Inputs, bank, source: _Source, plan, keys, found, api_prompt, embedder,
+    def __init__(self, node_cls, a: _Inputs, bank, source, source_id: str, plan, keys, found, api_prompt, embedder,
                  embedder_input: str, node_id: str):
         self.node_cls, self.a, self.bank, self.source, self.plan, self.keys = node_cls, a, bank, source, plan, keys
+        self.source_id = source_id
         self.found, self.api_prompt, self.node_id = found, api_prompt, node_id
         self.embedder, self.embedder_input = embedder, embedder_input
         self.progress = comfy.utils.ProgressBar(len(plan) * a.steps)
@@ -359,7 +286,7 @@ class _Loop:
         """Read, retrieve, encode, tokenize, sample and store one segment: (latent, entry id, report line)."""
         a, (start, end), count = self.a, self.plan[index], len(self.plan)
         frames = self.source.read(start, end)
-        result, descriptor, _ = retrieve_segment(self.bank, frames, index, self.source.source_id, a.top_k,
+        result, descriptor, _ = retrieve_segment(self.bank, frames, index, self.source_id, a.top_k,
                                                  a.recent_first, self.embedder, self.embedder_input)
         source_latent = encode_source(a.vae, frames)
         del frames
@@ -368,7 +295,7 @@ class _Loop:
             self.checked = True
         empty = {"samples": torch.zeros_like(source_latent)}
         context, _ = make_context("edit", a.fine_ranks, "1x2x2", a.fine_kernel, a.coarse_kernel, a.reverse_memory,
-                                  STORY_GAP, 0, result.selection, empty, index, self.source.source_id)
+                                  STORY_GAP, 0, result.selection, empty, index, self.source_id)
         positive, negative = source_conditioning(a.positive, a.negative, source_latent)
         patched, _ = patch_model(a.model, context, a.merge_blocks, a.merge_ratio, a.merge_mode)
         samples = self._sample(patched, positive, negative, empty["samples"], index * a.steps)
@@ -400,14 +327,13 @@ class _Loop:
         provenance = {"source": "graph" if found is not None else "node", "node": self.node_id,
                       "models": found.models if found is not None else [],
                       "long_edit": {"segment": index, "count": count, "window": list(window),
-                                    "source_frames": self.source.frames,
-                                    "size": list(self.source.size) if self.source.size else None}}
+                                    "source_frames": self.source.count, "size": list(self.source.shape[1:3])}}
         if found is not None and found.notes:
             provenance["notes"] = found.notes
-        extra = {**descriptor.bank_extra(),
-                 **segment_extra(self.keys[index], index, count, window, self.source.frames)}
+        extra = {**descriptor.bank_extra(), SOURCE_FRAMES_KEY: self.source.count,
+                 **segment_extra(self.keys[index], index, count, window, self.source.count)}
         return self.bank.add(samples, latent_format=_latent_format({"samples": samples}, a.model),
-                             descriptor=descriptor.vector, segment_index=index, source_id=self.source.source_id,
+                             descriptor=descriptor.vector, segment_index=index, source_id=self.source_id,
                              prompt=(found.prompt if found is not None else None) or "",
                              parents=[item.entry_id for item in selection.items], seed=a.seed,
                              sampler={"stages": [stage]}, model=_model_identity(a.model), extra=extra,
@@ -428,12 +354,6 @@ class _Loop:
             except ValueError:
                 continue
         return None
-
-
-def _video_from_file(path: str):
-    from comfy_api.input_impl import VideoFromFile
-
-    return VideoFromFile(path)
 
 
 NODES = [LongVideoEdit]
