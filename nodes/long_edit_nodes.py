@@ -8,6 +8,7 @@ records); ``memv2v_core.long_edit`` decides which segments a re-run can take fro
 
 from __future__ import annotations
 
+import io as io_module
 import logging
 import os
 from fractions import Fraction
@@ -48,7 +49,7 @@ _Inputs = SimpleNamespace  # the node's inputs by name, for the loop
 
 def _open_source(video, file: str, image, width: int, height: int):
     """Exactly one of video / file / image, as Split Segments opens it (a file: header only, read a segment at a
-    time, center-cropped to width x height); returns (source, the input it came through)."""
+    time, center-cropped to width x height)."""
     file = (file or "").strip()
     given = [name for name, value in (("video", video), ("file", file or None), ("image", image)) if value is not None]
     if len(given) != 1:
@@ -64,7 +65,7 @@ def _open_source(video, file: str, image, width: int, height: int):
                              "'video'.")
         video = InputImpl.VideoFromFile(path)
     size = _size_of(width, height, "image" if name == "image" else "video")
-    return _source_of(image, video, "image", name, size), name
+    return _source_of(image, video, "image", name, size)
 
 
 def _send_text(text: str, node_id) -> None:
@@ -185,7 +186,7 @@ class LongVideoEdit(io.ComfyNode):
         a = _Inputs(**{k: v for k, v in locals().items() if k != "cls"})
         node_id = str(cls.hidden.unique_id)
         stride = vae.temporal_compression_decode() or 1
-        source, source_input = _open_source(video, file, image, width, height)
+        source = _open_source(video, file, image, width, height)
         try:
             plan = plan_segments(source.count, segment_length, overlap, stride)
         except ValueError as error:
@@ -200,6 +201,10 @@ class LongVideoEdit(io.ComfyNode):
         settings = _key_settings(a, source, source_id, stride, seg_embedder, api_prompt, node_id)
         keys = [segment_key(settings, window) for window in plan]
         bank.refresh()
+        made = _latent_format({"samples": torch.empty(0)}, model)
+        if bank.latent_format is not None and bank.latent_format != made:
+            raise ValueError(f"bank: '{bank.name}' holds {bank.latent_format} latents but this model makes {made}; "
+                             "a bank serves one VAE family: give Bank Load another name for this model.")
         visible = [bank.entry(i) for i in bank.retrieval_ids()]
         check_source_frames([e for e in visible if e.source_id == source_id], source.count, source_id)
         stored = stored_segments(visible, keys)
@@ -227,7 +232,7 @@ class LongVideoEdit(io.ComfyNode):
 
         path, subfolder = _output_path(filename_prefix, source)
         try:
-            with VideoWriter(path, rate, audio_from=source.audio_file) as writer:
+            with VideoWriter(path, rate, audio_from=_own_handle(source.audio_file)) as writer:
                 stitch_stream([segment(i) for i in range(count)], plan, source.count, writer.write, blend)
         except VideoWriteError as error:  # names the path and the fix; the bank keeps every stored segment
             raise RuntimeError(f"filename_prefix: {error}") from None
@@ -259,6 +264,12 @@ def _key_settings(a, source, source_id: str, stride: int, embedder, api_prompt, 
         "graph": graph_digest(api_prompt, node_id, ("model", "positive", "negative", "vae", "clip_vision",
                                                     "embedder")) if api_prompt else None,
     }
+
+
+def _own_handle(file):
+    """The audio source for the writer: a path as it is; an in-memory file as a second handle on its bytes, since
+    the writer keeps it open while the segments are read from the first."""
+    return io_module.BytesIO(file.getvalue()) if isinstance(file, io_module.BytesIO) else file
 
 
 def _output_path(prefix: str, source) -> tuple[str, str]:
