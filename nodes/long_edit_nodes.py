@@ -35,7 +35,8 @@ from .bank_nodes import _as_queued, _input_types, _latent_format, _model_identit
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
 from .memory_nodes import KERNELS, MERGE_INPUTS, make_context, patch_model
-from .segment_nodes import LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, _decode, _size_of, _source_of
+from .segment_nodes import (FILE_FORMATS, LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, _decode, _output_path, _size_of,
+                            _source_of)
 from .socket_types import Bank, Embedder
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class LongVideoEdit(io.ComfyNode):
                 *MERGE_INPUTS,
                 io.String.Input("filename_prefix", default="memv2v/long_edit",
                                 tooltip="Where the edited video goes, under ComfyUI's output folder."),
+                io.Combo.Input("file_format", options=list(FILE_FORMATS), default="mp4", optional=True,
+                               tooltip="mp4: H.264 (libx264, crf 18), plays everywhere, lossy. mkv-lossless: FFV1, "
+                                       "keeps every 8-bit pixel exactly (large files, no browser preview)."),
             ],
             outputs=[
                 io.Video.Output(display_name="video", tooltip="The edited video, read from the written file."),
@@ -182,7 +186,7 @@ class LongVideoEdit(io.ComfyNode):
                 denoise: float, top_k: int, recent_first: bool, fine_ranks: int, fine_kernel: str,
                 coarse_kernel: str, reverse_memory: bool, merge_blocks: str, merge_ratio: float, merge_mode: str,
                 filename_prefix: str, video=None, file: str = "", image=None, fps: float = 16.0, clip_vision=None,
-                embedder=None) -> io.NodeOutput:
+                embedder=None, file_format: str = "mp4") -> io.NodeOutput:
         a = _Inputs(**{k: v for k, v in locals().items() if k != "cls"})
         node_id = str(cls.hidden.unique_id)
         stride = vae.temporal_compression_decode() or 1
@@ -230,16 +234,17 @@ class LongVideoEdit(io.ComfyNode):
                 return _decode(vae, latent, end - start, entry_id, index)
             return produce
 
-        path, subfolder = _output_path(filename_prefix, source)
+        path, subfolder = _output_path(filename_prefix, file_format)
         try:
-            with VideoWriter(path, rate, audio_from=_own_handle(source.audio_file)) as writer:
+            with VideoWriter(path, rate, lossless=file_format != "mp4",
+                             audio_from=_own_handle(source.audio_file)) as writer:
                 stitch_stream([segment(i) for i in range(count)], plan, source.count, writer.write, blend)
         except VideoWriteError as error:  # names the path and the fix; the bank keeps every stored segment
             raise RuntimeError(f"filename_prefix: {error}") from None
         summary = f"segment {count}/{count} edited, {first} resumed from bank ({count - first} edited in this run)"
         report = "\n".join([summary, *lines, f"written: {path} ({source.count} frames at {float(rate):.3f} fps"
                              + (", audio from the source)" if source.audio_file is not None else ")")])
-        saved = {"filename": os.path.basename(path), "subfolder": subfolder, "type": "output"}
+        saved = {"filename": os.path.basename(str(path)), "subfolder": subfolder, "type": "output"}
         ui = {"text": [report], "images": [saved], "animated": (True,)}
         return io.NodeOutput(InputImpl.VideoFromFile(str(path)), str(path), report, ui=ui)
 
@@ -270,14 +275,6 @@ def _own_handle(file):
     """The audio source for the writer: a path as it is; an in-memory file as a second handle on its bytes, since
     the writer keeps it open while the segments are read from the first."""
     return io_module.BytesIO(file.getvalue()) if isinstance(file, io_module.BytesIO) else file
-
-
-def _output_path(prefix: str, source) -> tuple[str, str]:
-    """(full path of a new .mp4 under the output folder, its subfolder), numbered like SaveVideo's files."""
-    height, width = source.shape[1:3]
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory(),
-                                                                          width, height)
-    return os.path.join(folder, f"{name}_{counter:05}_.mp4"), subfolder
 
 
 class _Loop:
