@@ -222,16 +222,16 @@ class LongVideoEdit(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 if index < first:
                     entry_id = stored[index].entry_id
-                    latent = bank.load_latent(entry_id)
                     line = f"segment {index + 1}/{count} resumed from bank ({entry_id})"
                     loop.progress.update_absolute((index + 1) * steps)
                 else:
-                    latent, entry_id, line = loop.edit(index)
+                    entry_id, line = loop.edit(index)
                 _send_text(line, node_id)
                 lines.append(line)
                 comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
                 start, end = plan[index]
-                return _decode(vae, latent, end - start, entry_id, index)
+                # Always decode what the bank holds, edited now or earlier: the same tensor, so the same frames.
+                return _decode(vae, bank.load_latent(entry_id), end - start, entry_id, index)
             return produce
 
         path, subfolder = _output_path(filename_prefix, file_format)
@@ -290,8 +290,8 @@ class _Loop:
         self.previewer = latent_preview.get_previewer(a.model.load_device, a.model.model.latent_format)
         self.checked = False
 
-    def edit(self, index: int) -> tuple[torch.Tensor, str, str]:
-        """Read, retrieve, encode, tokenize, sample and store one segment: (latent, entry id, report line)."""
+    def edit(self, index: int) -> tuple[str, str]:
+        """Read, retrieve, encode, tokenize, sample and store one segment: (entry id, report line)."""
         a, (start, end), count = self.a, self.plan[index], len(self.plan)
         frames = self.source.read(start, end)
         result, descriptor, _ = retrieve_segment(self.bank, frames, index, self.source_id, a.top_k,
@@ -310,8 +310,8 @@ class _Loop:
         # Only a finished segment reaches the bank: an interruption raises inside the sampler above.
         entry_id = self._store(samples, descriptor, result.selection, index)
         memories = ", ".join(item.entry_id[:10] for item in result.selection.items) or "none"
-        return samples, entry_id, (f"segment {index + 1}/{count} edited: frames {start}..{end - 1}, memories "
-                                   f"[{memories}] -> {entry_id}")
+        return entry_id, (f"segment {index + 1}/{count} edited: frames {start}..{end - 1}, memories [{memories}] "
+                          f"-> {entry_id}")
 
     def _sample(self, model, positive, negative, latent: torch.Tensor, offset: int) -> torch.Tensor:
         """As ComfyUI's KSampler samples (nodes.common_ksampler), with steps counted on the overall bar."""
