@@ -216,7 +216,8 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
     """:func:`stitch`, written out as it goes: ``emit(frames)`` receives the stitched video in order, in chunks,
     each as soon as no later segment can change it; the chunks joined equal ``stitch(...)`` bit for bit.
 
-    At most two segments are held at once (the one being added and the frames the next one will overlap).
+    Memory holds the segment being added, its stitched copy and the frames the next window overlaps (up to a
+    segment when the last window is shifted far back): a few segments, never the video.
     ``fill`` gives missing segments: the source video as a tensor, or ``fill(start, end, height, width)`` that
     returns those source frames at the segments' size (e.g. read from a file; 0, 0 when no segment is edited, for
     the source's own size). The first edited segment is produced first, so its size is known before any fill.
@@ -268,9 +269,12 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
             if blend == "cut":
                 half = shared // 2
                 joined = torch.cat([earlier[:half], segment[half:]])
-            else:
+            else:  # stitch's earlier + weight * (later - earlier), in place in one new segment (same bits)
                 weight = blend_weights(shared, blend).to(dtype=dtype, device=device).view(shared, 1, 1, 1)
-                joined = torch.cat([earlier + weight * (segment[:shared] - earlier), segment[shared:]])
+                joined = torch.empty_like(segment)
+                torch.sub(segment[:shared], earlier, out=joined[:shared])
+                joined[:shared].mul_(weight).add_(earlier)
+                joined[shared:] = segment[shared:]
         else:
             joined = segment
         del segment
