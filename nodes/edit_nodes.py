@@ -75,6 +75,12 @@ def encode_source(vae, frames: torch.Tensor) -> torch.Tensor:
     return latent
 
 
+def source_conditioning(positive, negative, latent: torch.Tensor) -> tuple[list, list]:
+    """Positive and negative with the source latent to concatenate (on both, so guidance contrasts the text alone)."""
+    return (node_helpers.conditioning_set_values(positive, {"concat_latent_image": latent}),
+            node_helpers.conditioning_set_values(negative, {"concat_latent_image": latent}))
+
+
 class EditConditioning(io.ComfyNode):
     """LucyEdit / Wan V2V: the source segment enters by channel concatenation, the ComfyUI-native way."""
 
@@ -134,8 +140,7 @@ class EditConditioning(io.ComfyNode):
                              "or its latent.")
         if model is not None:
             check_model_takes_source(model, int(latent.shape[1]))
-        positive = node_helpers.conditioning_set_values(positive, {"concat_latent_image": latent})
-        negative = node_helpers.conditioning_set_values(negative, {"concat_latent_image": latent})
+        positive, negative = source_conditioning(positive, negative, latent)
         empty = {"samples": torch.zeros_like(latent)}
         text = f"source latent {'x'.join(map(str, latent.shape))} concatenated on channels"
         return io.NodeOutput(positive, negative, empty, {"samples": latent}, ui={"text": [text]})

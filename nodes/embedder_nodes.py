@@ -169,47 +169,61 @@ class SegmentRetrieve(io.ComfyNode):
         )
 
     @classmethod
-    def _clip_vision_file(cls) -> str:
-        """The file the loader feeding clip_vision names (its clip_name), for the embedder's name: CLIP_VISION itself
-        does not know its file. Shown and stored, never compared (the identity hashes the weights instead)."""
-        graph, node_id = cls.hidden.dynprompt, cls.hidden.unique_id
-        if graph is None or node_id is None or not graph.has_node(node_id):
-            return ""
-        link = graph.get_node(node_id).get("inputs", {}).get("clip_vision")
-        if not isinstance(link, list) or not link or not graph.has_node(link[0]):
-            return ""
-        name = graph.get_node(link[0]).get("inputs", {}).get("clip_name")
-        return os.path.basename(name) if isinstance(name, str) else ""
-
-    @classmethod
     def execute(cls, bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
                 embedder=None, clip_vision=None) -> io.NodeOutput:
-        if embedder is not None and clip_vision is not None:
-            raise ValueError("embedder / clip_vision: both are connected; connect only the one the bank's segments "
-                             "were described with")
-        if embedder is None and clip_vision is None:
-            raise ValueError("embedder / clip_vision: neither is connected. Connect ComfyUI's Load CLIP Vision with "
-                             "a DINOv2 file (models/clip_vision) to clip_vision, or Memory-V2V Embedder Load to "
-                             f"embedder (its '{FALLBACK}' entry needs no file).")
-        source = "clip_vision" if clip_vision is not None else "embedder"
-        if clip_vision is not None:
-            embedder = EncodeImageEmbedder(clip_vision, file=cls._clip_vision_file())
-        try:
-            descriptor = describe_segment(embedder, segment, segment_index, source_id or None)
-        except ValueError as error:
-            raise ValueError(f"segment: {error}") from None
-        try:
-            result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first)
-        except ValueError as error:  # the core names its "embedder"; say which input it came through
-            message = str(error)
-            raise ValueError(f"{source}:{message[len('embedder:'):]}" if message.startswith("embedder:")
-                             else message) from None
-        table = format_segment_scores(result)
-        if top_k == 0:
-            table = "top_k = 0: memory off (nothing retrieved)\n" + table
-        table += (f"\nembedder: {descriptor.embedder}, {descriptor.dim} values "
-                  f"[{descriptor.embedder_id or 'no identity'}]")
+        file = clip_vision_file(cls.hidden.dynprompt, cls.hidden.unique_id) if clip_vision is not None else ""
+        embedder, source = segment_embedder(embedder, clip_vision, file)
+        result, descriptor, table = retrieve_segment(bank, segment, segment_index, source_id, top_k, recent_first,
+                                                     embedder, source)
         return io.NodeOutput(result.selection, descriptor, table, ui={"text": [table]})
+
+
+def clip_vision_file(graph, node_id, input_name: str = "clip_vision") -> str:
+    """The file the loader feeding ``input_name`` names (its clip_name), for the embedder's name: CLIP_VISION itself
+    does not know its file. Shown and stored, never compared (the identity hashes the weights instead)."""
+    if graph is None or node_id is None or not graph.has_node(node_id):
+        return ""
+    link = graph.get_node(node_id).get("inputs", {}).get(input_name)
+    if not isinstance(link, list) or not link or not graph.has_node(link[0]):
+        return ""
+    name = graph.get_node(link[0]).get("inputs", {}).get("clip_name")
+    return os.path.basename(name) if isinstance(name, str) else ""
+
+
+def segment_embedder(embedder=None, clip_vision=None, clip_file: str = ""):
+    """(the embedder, the input it came through), refusing both or neither connected."""
+    if embedder is not None and clip_vision is not None:
+        raise ValueError("embedder / clip_vision: both are connected; connect only the one the bank's segments "
+                         "were described with")
+    if embedder is None and clip_vision is None:
+        raise ValueError("embedder / clip_vision: neither is connected. Connect ComfyUI's Load CLIP Vision with "
+                         "a DINOv2 file (models/clip_vision) to clip_vision, or Memory-V2V Embedder Load to "
+                         f"embedder (its '{FALLBACK}' entry needs no file).")
+    if clip_vision is not None:
+        return EncodeImageEmbedder(clip_vision, file=clip_file), "clip_vision"
+    return embedder, "embedder"
+
+
+def retrieve_segment(bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
+                     embedder, source: str = "embedder"):
+    """Segment Retrieve's work (also the long-edit loop's): (retrieval result, descriptor, score table);
+    ``source`` names the input the embedder came through, for errors."""
+    try:
+        descriptor = describe_segment(embedder, segment, segment_index, source_id or None)
+    except ValueError as error:
+        raise ValueError(f"segment: {error}") from None
+    try:
+        result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first)
+    except ValueError as error:  # the core names its "embedder"; say which input it came through
+        message = str(error)
+        raise ValueError(f"{source}:{message[len('embedder:'):]}" if message.startswith("embedder:")
+                         else message) from None
+    table = format_segment_scores(result)
+    if top_k == 0:
+        table = "top_k = 0: memory off (nothing retrieved)\n" + table
+    table += (f"\nembedder: {descriptor.embedder}, {descriptor.dim} values "
+              f"[{descriptor.embedder_id or 'no identity'}]")
+    return result, descriptor, table
 
 
 NODES = [EmbedderLoad, SegmentRetrieve]

@@ -157,31 +157,40 @@ class DynamicTokenize(io.ComfyNode):
     def execute(cls, mode: str, fine_ranks: int, user_kernel: str, fine_kernel: str, coarse_kernel: str,
                 reverse_memory: bool, story_gap: float, target_frames: int, selection=None,
                 latent: dict | None = None, segment_index: int = -1, source_id: str = "") -> io.NodeOutput:
-        if mode == "auto":
-            mode = getattr(selection, "mode", None) or "nvs"
-        plan = KernelPlan(_kernel("user_kernel", user_kernel), _kernel("fine_kernel", fine_kernel),
-                          _kernel("coarse_kernel", coarse_kernel), fine_ranks)
-        if mode == "nvs" and latent is None:
-            raise ValueError("latent is not connected; mode nvs needs the user's input video latent (VAE Encode).")
-        samples = None if latent is None else _video_latent("latent", latent)
-        memories, latent_format = _memories(selection) if selection is not None else ([], None)
-        frames = target_frames or (None if samples is None else int(samples.shape[2]))
-        if frames is None:
-            raise ValueError(f"target_frames is 0 and 'latent' is not connected; in mode {mode} set target_frames to "
-                             "the latent frame count of the video to generate, or connect its latent.")
-        previous, missing = _previous_segment(selection, segment_index, source_id) if mode == "edit" else (None, None)
-        context = build_context(samples if mode == "nvs" else None, memories, mode, plan, frames,
-                                reverse_memory=reverse_memory, story_gap=story_gap, latent_format=latent_format,
-                                previous_entry=previous)
-        target_hw = tuple(samples.shape[-2:]) if samples is not None else None
-        if target_hw is None and not context.streams:
-            raise ValueError("the context is empty and 'latent' is not connected; connect the target latent so the "
-                             "budget can be sized, or select some memories.")
-        text = describe_budget(context, token_budget(context, target_hw))
-        if missing is not None:
-            log.warning("Memory-V2V Dynamic Tokenize: %s", missing)
-            text += "\n" + missing
+        context, text = make_context(mode, fine_ranks, user_kernel, fine_kernel, coarse_kernel, reverse_memory,
+                                     story_gap, target_frames, selection, latent, segment_index, source_id)
         return io.NodeOutput(context, text, ui={"text": [text]})
+
+
+def make_context(mode: str, fine_ranks: int, user_kernel: str, fine_kernel: str, coarse_kernel: str,
+                 reverse_memory: bool, story_gap: float, target_frames: int, selection=None, latent: dict | None = None,
+                 segment_index: int = -1, source_id: str = "") -> tuple[MemoryContext, str]:
+    """Dynamic Tokenize's work (also the long-edit loop's): the memory context and its token-budget text."""
+    if mode == "auto":
+        mode = getattr(selection, "mode", None) or "nvs"
+    plan = KernelPlan(_kernel("user_kernel", user_kernel), _kernel("fine_kernel", fine_kernel),
+                      _kernel("coarse_kernel", coarse_kernel), fine_ranks)
+    if mode == "nvs" and latent is None:
+        raise ValueError("latent is not connected; mode nvs needs the user's input video latent (VAE Encode).")
+    samples = None if latent is None else _video_latent("latent", latent)
+    memories, latent_format = _memories(selection) if selection is not None else ([], None)
+    frames = target_frames or (None if samples is None else int(samples.shape[2]))
+    if frames is None:
+        raise ValueError(f"target_frames is 0 and 'latent' is not connected; in mode {mode} set target_frames to "
+                         "the latent frame count of the video to generate, or connect its latent.")
+    previous, missing = _previous_segment(selection, segment_index, source_id) if mode == "edit" else (None, None)
+    context = build_context(samples if mode == "nvs" else None, memories, mode, plan, frames,
+                            reverse_memory=reverse_memory, story_gap=story_gap, latent_format=latent_format,
+                            previous_entry=previous)
+    target_hw = tuple(samples.shape[-2:]) if samples is not None else None
+    if target_hw is None and not context.streams:
+        raise ValueError("the context is empty and 'latent' is not connected; connect the target latent so the "
+                         "budget can be sized, or select some memories.")
+    text = describe_budget(context, token_budget(context, target_hw))
+    if missing is not None:
+        log.warning("Memory-V2V Dynamic Tokenize: %s", missing)
+        text += "\n" + missing
+    return context, text
 
 
 USER_CAMERA_TEXT = {"target": "the target's camera per frame (ReCamMaster)", "identity": "the identity pose",

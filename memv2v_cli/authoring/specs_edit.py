@@ -1,7 +1,8 @@
 """Shipped workflow specs for long text-guided video editing (LucyEdit or any Wan V2V model).
 
-One queue run edits one segment: Split Segments' index steps on by itself ("increment"), the edited segment is kept
-in the bank with its source descriptor, and the stitched preview fills not-yet-edited segments from the source.
+memv2v_long_video_edit: one queue run edits one segment; Split Segments' index steps on by itself ("increment"), the
+edited segment is kept in the bank with its source descriptor, and the stitched preview fills not-yet-edited segments
+from the source. memv2v_long_video_edit_all: one queue run edits every segment (Long Video Edit), resumable.
 """
 
 from __future__ import annotations
@@ -96,5 +97,53 @@ def long_video_edit() -> WorkflowSpec:
                                     "the segments already edited, so the edit stays consistent.")
 
 
+def long_video_edit_all() -> WorkflowSpec:
+    """LucyEdit a long video in one queue run: Long Video Edit loops over every segment, resumable."""
+    prompt = {
+        "1": node("UNETLoader", "Load LucyEdit", unet_name=LUCY_EDIT, weight_dtype="default"),
+        "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
+        "3": node("PrimitiveStringMultiline", "Edit Instruction", value=EDIT_INSTRUCTION),
+        "4": node("CLIPTextEncode", "Encode Instruction", clip=["2", 0], text=["3", 0]),
+        "5": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
+        "6": node("VAELoader", "Load Wan 2.2 VAE", vae_name=WAN22_VAE),
+        "7": node("LoadVideo", "Source Video", file="my_long_video.mp4"),
+        "8": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit_all"),
+        "9": node("CLIPVisionLoader", "Load DINOv2 (segment descriptors)", clip_name=DINOV2),
+        "10": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
+        "11": node("MemV2V_LongVideoEdit", "Edit Every Segment", model=["10", 0], positive=["4", 0],
+                   negative=["5", 0], vae=["6", 0], bank=["8", 0], video=["7", 0], clip_vision=["9", 0],
+                   width=WIDTH, height=HEIGHT, segment_length=SEGMENT_LENGTH, overlap=OVERLAP, blend="cut",
+                   seed=42, steps=50, cfg=5.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0, top_k=4,
+                   recent_first=True, fine_ranks=3, fine_kernel="1x4x4", coarse_kernel="1x8x8",
+                   reverse_memory=True, merge_blocks="auto", merge_ratio=0.5, merge_mode="merge",
+                   filename_prefix="memv2v/long_edit_all"),
+    }
+    notes = [
+        Note("### Edit a whole video in one queue run\n"
+             "1. Put your video in `input/` and pick it in **Source Video**; write the edit in **Edit Instruction** "
+             "(LucyEdit likes 20-30 words starting with a verb such as *Change* or *Add*).\n"
+             "2. **Queue once.** *Edit Every Segment* reads the video one segment at a time (81 frames, resized to "
+             "832x480 while reading), retrieves the segments it already edited from the bank (the previous one "
+             "first, then the most similar by DINOv2), samples the edit with ComfyUI's sampler and appends it to "
+             "the output video in `output/memv2v/`. Memory holds one segment, so length does not matter; the "
+             "progress bar counts every step of every segment.\n"
+             "3. **Stopped or crashed?** Queue again with the same settings (the seed's control stays *fixed*): "
+             "segments already in the bank for this video and these settings are taken from there, and the edit "
+             "continues at the first missing one. Change the instruction, seed or any setting and it edits afresh.\n"
+             "4. To look at each segment on its own, use `memv2v_long_video_edit` (one segment per queue run).",
+             column=0, title="How to use", height=420),
+        Note("Models (ComfyUI folders):\n- `models/diffusion_models/" + LUCY_EDIT + "`: LucyEdit-Dev in "
+             "ComfyUI's layout, from decart-ai/Lucy-Edit-Dev-ComfyUI (non-commercial licence), for **Load "
+             "LucyEdit**.\n- `models/clip_vision/" + DINOV2 + "`: DINOv2 ViT-L/14 (facebook/dinov2-large's "
+             "`model.safetensors`, renamed), for **Load DINOv2** (giant works too; keep the same file for every "
+             "run on a video). Without it, connect Memory-V2V Embedder Load to the node's embedder input.\n"
+             "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n- `models/vae/wan2.2_vae.safetensors`"
+             "\n\nLoRAs and other model patches go between **Model Sampling** and the node: it samples through "
+             "ComfyUI's own sampler.", column=1, title="Models", height=330),
+    ]
+    groups = {"Models": ["1", "2", "6", "9", "10"], "Memory and edit": ["8", "11"]}
+    return WorkflowSpec("memv2v_long_video_edit_all", prompt, notes, groups)
+
+
 def specs() -> list[WorkflowSpec]:
-    return [long_video_edit()]
+    return [long_video_edit(), long_video_edit_all()]

@@ -20,6 +20,7 @@ KSAMPLER_SETTINGS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 SAMPLERS = {
     "KSampler": (KSAMPLER_SETTINGS, "seed"),
     "MemV2V_MergedDiTSampler": (KSAMPLER_SETTINGS, "seed"),
+    "MemV2V_LongVideoEdit": (KSAMPLER_SETTINGS, "seed"),  # samples inside: see sampler_node_provenance
     "KSamplerAdvanced": (("add_noise", "steps", "cfg", "sampler_name", "scheduler", "start_at_step", "end_at_step",
                           "return_with_leftover_noise"), "noise_seed"),
     "SamplerCustom": (("add_noise", "cfg"), "noise_seed"),
@@ -170,6 +171,20 @@ def run_provenance(prompt: dict, node_id: str, input_name: str = "samples",
     return RunProvenance(seed=seed if type(seed) is int else None, prompt="\n".join(texts) if texts else None,
                          sampler={"stages": stages} if stages else {}, models=_models(walk, node_id),
                          notes=list(dict.fromkeys(walk.notes)))
+
+
+def sampler_node_provenance(prompt: dict, node_id: str, input_types: InputTypes | None = None) -> RunProvenance:
+    """Like :func:`run_provenance` for a node that samples inside itself (the long-edit loop): its own settings
+    are the one sampler stage, with the positive prompt text and the model files upstream of it."""
+    walk = _Walk(prompt, input_types)
+    node = _node(prompt, node_id) if isinstance(prompt, dict) else None
+    if node is None or node.get("class_type") not in SAMPLERS:
+        return RunProvenance(notes=[f"node {node_id} is not a sampler node of the queued prompt; seed, prompt and "
+                                    "sampler settings were not read from the graph"])
+    stage, positive = _stage(walk, node_id, node)
+    seed = stage.get("seed")
+    return RunProvenance(seed=seed if type(seed) is int else None, prompt=positive, sampler={"stages": [stage]},
+                         models=_models(walk, node_id), notes=list(dict.fromkeys(walk.notes)))
 
 
 def _stage(walk: _Walk, node_id: str, node: dict) -> tuple[dict, str | None]:
