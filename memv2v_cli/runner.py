@@ -347,6 +347,8 @@ def prepare_demo_server(comfyui: Path, base_dir: Path, out: Callable[[str], None
     optional assets (default: the story models, plus whatever optional asset is already cached). With
     ``rewrite_prompts`` the demo pack rewrites every prompt queued on ``/prompt`` into its demo form (the browser's
     templates then run on the demo models)."""
+    if not Path(base_dir).exists() or not any(Path(base_dir).iterdir()):  # a folder the demo made, not the user's
+        mark_demo_folder(Path(base_dir))
     if kinds is None:
         cache = demo_asset_cache(comfyui)
         optional = rewrite.EDIT_KINDS + tuple(demo_models.EDIT_BUILDERS)
@@ -390,10 +392,32 @@ def demo_base_dir(args, workflow: Path) -> Path:
     """``--base-dir``, else a persistent folder per workflow under ``demo_home()``, so a second run continues the
     same bank; ``--fresh`` empties its banks first."""
     base = Path(args.base_dir).expanduser() if getattr(args, "base_dir", None) else demo_home() / workflow.stem
-    banks = base / "output" / "memory_banks"
-    if getattr(args, "fresh", False) and banks.is_dir():
-        shutil.rmtree(banks)
+    if getattr(args, "fresh", False):
+        empty_demo_banks(base)
     return base
+
+
+DEMO_MARKER = "memv2v_demo_folder"
+
+
+def empty_demo_banks(base: Path) -> None:
+    """``--fresh``: delete the banks of a demo folder, never of anything else (a ``--base-dir`` pointing at a real
+    ComfyUI must not lose its banks): only under ``demo_home()`` or in a folder a demo run marked as its own."""
+    banks = base / "output" / "memory_banks"
+    if not banks.is_dir():
+        return
+    resolved = base.resolve()
+    if not (resolved.is_relative_to(demo_home().resolve()) or (base / DEMO_MARKER).is_file()):
+        raise UserError(f"--fresh: {base} is not a demo folder (no {DEMO_MARKER} file in it, not under "
+                        f"{demo_home()}), so its banks are left alone. Drop --fresh, or point --base-dir at a demo "
+                        "folder.")
+    shutil.rmtree(banks)
+
+
+def mark_demo_folder(base: Path) -> None:
+    """Mark ``base`` as a demo run's own folder (what ``--fresh`` may empty)."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / DEMO_MARKER).write_text("made by python -m memv2v_cli in demo mode; --fresh may empty its banks\n")
 
 
 @contextmanager
@@ -496,8 +520,8 @@ def serve_demo(args, out: Callable[[str], None] = print) -> int:
         raise UserError(where)
     out(where)
     base_dir = Path(args.base_dir).expanduser() if args.base_dir else demo_home() / "ui"
-    if args.fresh and (base_dir / "output" / "memory_banks").is_dir():
-        shutil.rmtree(base_dir / "output" / "memory_banks")
+    if args.fresh:
+        empty_demo_banks(base_dir)
     kinds = rewrite.EDIT_KINDS + rewrite.STORY_KINDS
     server, _ = prepare_demo_server(comfyui, base_dir, out, kinds, rewrite_prompts=True)
     if args.port:
