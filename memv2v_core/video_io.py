@@ -9,9 +9,10 @@ Frame numbering: frame ``i`` is the ``i``-th frame a full decode outputs (presen
 rate file :func:`read_frames` seeks to the keyframe before ``start`` and numbers frames by their timestamps
 (``(pts - first pts) * time_base * frame_rate``), checking that the numbers are consecutive; when they are not
 (a variable-frame-rate file, missing timestamps), it decodes from the first frame instead and numbers frames by
-count, which is exact but slower. Variable-frame-rate files are read that way from the start (with one warning per
-file): their frames are taken in order and ``fps`` is the average rate, so an edit keeps every frame but not its
-original timing.
+count, which is exact but slower. Variable-frame-rate files (one warning per file) are numbered by count too, but
+from a keyframe: :func:`probe` demuxes the file once and numbers each keyframe by the frames shown before it, so a
+read seeks to the keyframe before ``start`` and counts from there. Their frames are taken in order and ``fps`` is
+the average rate, so an edit keeps every frame but not its original timing.
 
 Sources are a file path or a seekable binary file object (e.g. the ``BytesIO`` of ComfyUI's ``VideoFromFile``).
 Nothing here imports ComfyUI.
@@ -19,6 +20,7 @@ Nothing here imports ComfyUI.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import logging
@@ -69,6 +71,7 @@ class VideoInfo:
     time_base: Fraction
     first_pts: int
     codec: str
+    keyframes: tuple[tuple[int, int], ...] = ()  # variable rate only: (pts, frame index) of each keyframe
 
     @property
     def duration(self) -> float:
@@ -132,13 +135,31 @@ def probe(source: Source) -> VideoInfo:
         first_pts = int(first.pts if first.pts is not None else 0)
         count, on_grid = _scan_packets(source, None if not frames else SCAN_PACKETS, first_pts, time_base,
                                        Fraction(average))
+        variable = not on_grid or (bool(base) and Fraction(base) != Fraction(average))
         return VideoInfo(
             frames=frames or count, fps=float(average), frame_rate=Fraction(average),
             width=stream.codec_context.width, height=stream.codec_context.height,
-            has_audio=bool(container.streams.audio),
-            variable_frame_rate=not on_grid or (bool(base) and Fraction(base) != Fraction(average)),
+            has_audio=bool(container.streams.audio), variable_frame_rate=variable,
             frames_from_header=from_header, time_base=time_base, first_pts=first_pts,
-            codec=stream.codec_context.name)
+            codec=stream.codec_context.name, keyframes=_keyframe_index(source) if variable else ())
+
+
+def _keyframe_index(source: Source) -> tuple[tuple[int, int], ...]:
+    """(pts, frame index) of every keyframe of a variable-rate video, from one demux pass (nothing decoded): a
+    keyframe's index is the number of frames shown before it. Empty when a packet lacks its timestamp (the reader
+    then decodes from the first frame)."""
+    stamps, keys = [], []
+    with _open(source) as container:
+        stream = _video_stream(container, source)
+        for packet in container.demux(stream):
+            if packet.size:
+                if packet.pts is None:
+                    return ()
+                stamps.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+    stamps.sort()
+    return tuple((pts, bisect.bisect_left(stamps, pts)) for pts in sorted(keys))
 
 
 SCAN_PACKETS = 240  # packets whose timestamps probe checks against the frame rate's grid (demuxed, not decoded)
@@ -196,6 +217,8 @@ def read_frames(source: Source, start: int, end: int, size: tuple[int, int] | No
         got = None
         if info.variable_frame_rate:
             _warn_vfr(source, info)
+            if start > 0 and info.keyframes:
+                got = _read_from_keyframe(container, stream, info, start, end, out, resize)
         elif start > 0:
             got = _read_seeking(container, stream, info, start, end, out, resize)
             if got is None:
@@ -293,6 +316,34 @@ def _read_seeking(container, stream, info: VideoInfo, start: int, end: int, out:
         back = back * 2 if back else Fraction(2)
 
 
+def _read_from_keyframe(container, stream, info: VideoInfo, start: int, end: int, out: torch.Tensor,
+                        resize) -> int | None:
+    """A variable-rate read from the last keyframe at or before ``start`` (its index from :func:`probe`'s keyframe
+    index), so a segment deep into a long file does not decode everything before it; None when the decoder does
+    not land on that keyframe (the caller then decodes from the first frame)."""
+    at = bisect.bisect_right([index for _, index in info.keyframes], start) - 1
+    if at < 0 or info.keyframes[at][1] == 0:
+        return None
+    key_pts, index = info.keyframes[at]
+    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+    got, first = 0, True
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return None
+        if frame.pts < key_pts:
+            continue  # an earlier GOP's tail, or an open GOP's leading pictures, shown before the keyframe
+        if first and frame.pts != key_pts:
+            return None
+        first = False
+        if index >= start:
+            _store(out, index - start, frame, resize)
+            got += 1
+        index += 1
+        if index >= end:
+            break
+    return got
+
+
 def _from_start(container, stream, start, end, out, resize) -> int:
     container.seek(0)
     return _read_counting(container.decode(stream), start, end, out, resize)
@@ -303,8 +354,8 @@ def _warn_vfr(source: Source, info: VideoInfo) -> None:
     if key not in _warned_vfr:
         _warned_vfr.add(key)
         logger.warning("video %s has a variable frame rate: its %d frames are taken in order at the average rate "
-                       "%.3f fps, and each segment is decoded from the first frame (slower). Convert it to a constant "
-                       "rate for faster reads, e.g. `ffmpeg -i in.ext -fps_mode cfr -r %s out.mp4`.",
+                       "%.3f fps (the original timing is not kept). Convert it to a constant rate to keep the timing, "
+                       "e.g. `ffmpeg -i in.ext -fps_mode cfr -r %s out.mp4`.",
                        key, info.frames, info.fps, info.frame_rate)
 
 

@@ -167,9 +167,9 @@ def grouped_modulation(vec: torch.Tensor, video_tokens: int, memory_tokens: int)
     for h in sorted((d for d in _divisors(boundary)), reverse=True):
         entries = -(-total // h)
         if _expanded_group(entries, total) == h:
-            starts = torch.arange(entries) * h
+            starts = torch.arange(entries, device=vec.device) * h  # built where vec is: no copy per block call
             index = torch.where(starts < video_tokens, starts // step, torch.zeros_like(starts))
-            return vec[:, index.to(vec.device)]
+            return vec[:, index]
     return per_token_modulation(vec, video_tokens, memory_tokens)
 
 

@@ -122,6 +122,30 @@ def test_variable_frame_rate_is_read_in_order_at_the_average_rate(tmp_path, capl
     assert sum("variable frame rate" in r.message for r in caplog.records) == 1  # warned once per file
 
 
+def test_variable_frame_rate_reads_seek_to_a_keyframe_instead_of_decoding_from_the_start(tmp_path, monkeypatch):
+    # Uneven gaps, B-frames and a keyframe every 12 frames: each read must still equal a full decode, and a read
+    # deep into the file must not decode from frame 0 (that made a long phone video quadratic in its length).
+    stamps = np.cumsum([0] + [33 if i % 4 else 47 for i in range(149)]).tolist()
+    path = encode(tmp_path / "vfr.mkv", 150, options={"g": "12", "bf": "2"}, pts=stamps)
+    info = probe(path)
+    assert info.variable_frame_rate and info.frames == 150 and len(info.keyframes) >= 10
+    from_start = []
+    counting = video_io._read_counting
+    monkeypatch.setattr(video_io, "_read_counting", lambda frames, start, end, out, resize: (
+        from_start.append(start), counting(frames, start, end, out, resize))[1])
+    reference = full_decode(path)
+    rng = random.Random(1)
+    ranges = [(149, 150), (0, 150), (13, 40)] + [(s, min(150, s + rng.randint(1, 30))) for s in
+                                                 (rng.randrange(150) for _ in range(20))]
+    for start, end in ranges:
+        assert torch.equal(read_frames(path, start, end, info=info), reference[start:end]), (start, end)
+    second_key = info.keyframes[1][1]
+    assert info.keyframes[0] == (stamps[0], 0) and 0 < second_key <= 12
+    # Only reads that start inside the first GOP decode from frame 0.
+    assert from_start and all(start < second_key for start in from_start), (from_start, second_key)
+    assert len(from_start) == sum(start < second_key for start, _ in ranges)
+
+
 def test_bad_inputs_get_one_clear_error(tmp_path, long_video):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"not a video at all" * 100)
