@@ -33,7 +33,7 @@ WORKFLOW = REPO_ROOT / "workflows" / "memv2v_long_video_edit.json"
 VIDEO = "7.mp4"  # the shared ReCamMaster clip with 150 frames
 FRAMES, LENGTH, OVERLAP, SIZE = 150, 33, 8, 32
 BANK = "edit_test_long"
-STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
+STITCH_BRANCH = ("MemV2V_StitchSegments",)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,14 @@ def adapt_for_test(prompt: dict, models: dict[str, str], bank: str) -> dict:
     for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
         prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
                            "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
-    prompt[_one(prompt, "ImageScale")]["inputs"].update(width=SIZE, height=SIZE)
     for class_type in ("MemV2V_SplitSegments", "MemV2V_StitchSegments"):
         prompt[_one(prompt, class_type)]["inputs"].update(segment_length=LENGTH, overlap=OVERLAP)
+    prompt[_one(prompt, "MemV2V_SplitSegments")]["inputs"].update(width=SIZE, height=SIZE)
     prompt[_one(prompt, "MemV2V_DynamicTokenize")]["inputs"].update(fine_kernel="1x2x2", coarse_kernel="1x2x2")
     prompt[_one(prompt, "KSampler")]["inputs"]["steps"] = 2
     prompt[_one(prompt, "MemV2V_BankLoad")]["inputs"]["name"] = bank
-    prompt[_one(prompt, "SaveVideo")]["inputs"].update(filename_prefix="memv2v/edit_test", format="mp4",
-                                                       codec="h264")
+    prompt[_one(prompt, "MemV2V_StitchSegments")]["inputs"].update(filename_prefix="memv2v/edit_test",
+                                                                   file_format="mp4")
     return prompt
 
 
