@@ -20,6 +20,7 @@ from ..memv2v_core.bank.contact_sheet import contact_sheet
 from ..memv2v_core.bank.inputs import run_text
 from ..memv2v_core.bank.provenance import run_provenance
 from ..memv2v_core.retrieval.fov import fov_mask
+from ..memv2v_core.segments import check_source_frames
 from ..memv2v_core.story.shots import next_shot_index, story_extra
 from .paths import banks_root
 from .previews import latent_previews
@@ -305,6 +306,11 @@ class BankAdd(io.ComfyNode):
             if segment_index < 0 and descriptor.segment_index is not None:
                 segment_index = descriptor.segment_index
             source_id = source_id or descriptor.source_id or ""
+            frames = getattr(descriptor, "source_frames", 0)
+            if frames and source_id:  # the bank may have changed since Segment Retrieve checked: store nothing wrong
+                bank.refresh()
+                check_source_frames([e for e in (bank.entry(i) for i in bank.retrieval_ids())
+                                     if e.source_id == source_id], frames, source_id)
         if isinstance(keyframes, torch.Tensor) and keyframes.ndim == 4 and keyframes.shape[0] == 0:
             keyframes = None  # Keyframe Select found none worth keeping (all near-duplicates): store the shot alone
         if story_id.strip():

@@ -169,6 +169,10 @@ class SplitSegments(io.ComfyNode):
                 io.String.Output(display_name="source_id",
                                  tooltip="A short id of the source video's content, for Bank Add, Segment Retrieve "
                                          "and Stitch Segments, so segments of different videos never mix."),
+                io.Int.Output(display_name="frames",
+                              tooltip="The whole source video's frame count, for Segment Retrieve's source_frames: "
+                                      "a source whose length changed since earlier segments were stored is "
+                                      "refused."),
             ],
         )
 
@@ -209,7 +213,7 @@ class SplitSegments(io.ComfyNode):
         source_id = source.fingerprint()
         text = wrapped + (f"segment {index + 1} of {len(plan)} (index {index}): frames {start}..{end - 1} of "
                           f"{source.count}; source_id {source_id}")
-        return io.NodeOutput(frames, index, len(plan), start, end, source_id, ui={"text": [text]})
+        return io.NodeOutput(frames, index, len(plan), start, end, source_id, source.count, ui={"text": [text]})
 
 
 def _segment_list(images: list, plan: list[tuple[int, int]]) -> list[torch.Tensor]:

@@ -38,7 +38,7 @@ def long_video_edit() -> WorkflowSpec:
         "12": node("CLIPVisionLoader", "Load DINOv2 (segment descriptors)", clip_name=DINOV2),
         "13": node("MemV2V_SegmentRetrieve", "Retrieve Edited Segments", bank=["11", 0], segment=[SPLIT, 0],
                    segment_index=[SPLIT, 1], source_id=[SPLIT, 5], top_k=4, recent_first=True,
-                   clip_vision=["12", 0]),
+                   clip_vision=["12", 0], source_frames=[SPLIT, 6]),
         "14": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
         "15": node("MemV2V_EditConditioning", "Source Segment (channel concat)", positive=["4", 0],
                    negative=["5", 0], vae=["6", 0], source=[SPLIT, 0], model=["14", 0]),
