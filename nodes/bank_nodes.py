@@ -20,6 +20,7 @@ from ..memv2v_core.bank.contact_sheet import contact_sheet
 from ..memv2v_core.bank.inputs import run_text
 from ..memv2v_core.bank.provenance import run_provenance
 from ..memv2v_core.retrieval.fov import fov_mask
+from ..memv2v_core.segments import check_source_frames
 from ..memv2v_core.story.shots import next_shot_index, story_extra
 from .paths import banks_root
 from .previews import latent_previews
@@ -102,7 +103,7 @@ class BankLoad(io.ComfyNode):
         return io.NodeOutput(bank, ui={"text": [_summary(bank)]})
 
 
-def _latent_format(samples: dict, model) -> str:
+def latent_format_of(samples: dict, model) -> str:
     """The latent's format: from the LATENT itself, else the model's latent_format class, else its channel count."""
     model_format = None
     if model is not None:
@@ -124,7 +125,7 @@ def _latent_format(samples: dict, model) -> str:
     return fmt
 
 
-def _model_identity(model) -> str | None:
+def model_identity(model) -> str | None:
     """A readable identity of the base model: its config class and size, e.g. WAN21_T2V(dim=1536, num_layers=30)."""
     if model is None:
         return None
@@ -136,7 +137,7 @@ def _model_identity(model) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _input_types(class_type: str) -> dict[str, str] | None:
+def input_types(class_type: str) -> dict[str, str] | None:
     """{input name: socket type} of a registered node class (combos as "COMBO"), for the provenance walk."""
     import nodes as comfy_nodes
 
@@ -152,7 +153,7 @@ def _input_types(class_type: str) -> dict[str, str] | None:
     return types
 
 
-def _as_queued(api_prompt: dict) -> dict:
+def as_queued(api_prompt: dict) -> dict:
     """The prompt as it was queued: ComfyUI's cache writes its own ``is_changed`` keys into the same dict while the
     prompt runs (fingerprints, possibly NaN), which are not part of the graph."""
     return {node_id: {k: v for k, v in node.items() if k != "is_changed"} if isinstance(node, dict) else node
@@ -179,8 +180,8 @@ def _from_graph(bank: MemoryBank, seed: int, prompt: str, api_prompt, node_id, e
     if not isinstance(api_prompt, dict) or node_id is None:  # called outside a queued prompt (e.g. from Python)
         return _Recorded(given_seed, given_prompt or "", {}, None, None, [])
     node_id = str(node_id)
-    api_prompt = _as_queued(api_prompt)
-    found = run_provenance(api_prompt, node_id, "samples", _input_types)
+    api_prompt = as_queued(api_prompt)
+    found = run_provenance(api_prompt, node_id, "samples", input_types)
     provenance = {"source": "graph", "node": node_id, "models": found.models}
     lines, overrides = [], {}
     for name, given, graph_value in (("seed", given_seed, found.seed), ("prompt", given_prompt, found.prompt)):
@@ -298,13 +299,18 @@ class BankAdd(io.ComfyNode):
             intrinsics = getattr(camera, "intrinsics", None)
             if intrinsics is not None and getattr(intrinsics, "ndim", 0) not in (2, 3):
                 intrinsics = None  # not a [3,3] / [F,3,3] matrix (e.g. normalised numbers): the trajectory has it
-        latent_format = _latent_format(samples, model)  # its errors already name the inputs
+        latent_format = latent_format_of(samples, model)  # its errors already name the inputs
         vector = extra = None
         if descriptor is not None:
             vector, extra = descriptor.vector, descriptor.bank_extra()  # the embedder's name and identity
             if segment_index < 0 and descriptor.segment_index is not None:
                 segment_index = descriptor.segment_index
             source_id = source_id or descriptor.source_id or ""
+            frames = getattr(descriptor, "source_frames", 0)
+            if frames and source_id:  # the bank may have changed since Segment Retrieve checked: store nothing wrong
+                bank.refresh()
+                check_source_frames([e for e in (bank.entry(i) for i in bank.retrieval_ids())
+                                     if e.source_id == source_id], frames, source_id)
         if isinstance(keyframes, torch.Tensor) and keyframes.ndim == 4 and keyframes.shape[0] == 0:
             keyframes = None  # Keyframe Select found none worth keeping (all near-duplicates): store the shot alone
         if story_id.strip():
@@ -324,7 +330,7 @@ class BankAdd(io.ComfyNode):
                 keyframes=keyframes, prompt=recorded.prompt, sampler=recorded.sampler,
                 segment_index=None if segment_index < 0 else segment_index,
                 parents=list(parents.entry_ids) if parents is not None else [], source_id=source_id or None,
-                seed=recorded.seed, model=_model_identity(model), descriptor=vector, extra=extra,
+                seed=recorded.seed, model=model_identity(model), descriptor=vector, extra=extra,
                 fov_mask=mask, provenance=recorded.provenance, run=recorded.run)
         except ValueError as error:
             raise ValueError(f"{_input_for(str(error))}: {error}") from None

@@ -7,6 +7,7 @@ in, ``memv2v_core.retrieval.embedders`` / ``memv2v_core.retrieval.descriptors`` 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -17,6 +18,7 @@ from comfy_api.latest import io
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K, describe_segment, format_segment_scores, select_segments
 from ..memv2v_core.retrieval.embedders import (DEFAULT_BATCH, ColorHistogramEmbedder, EncodeImageEmbedder,
                                                load_open_clip, open_clip_architectures)
+from ..memv2v_core.segments import check_source_frames
 from . import socket_types
 from .paths import MODELS_FOLDER
 from .socket_types import Bank, Embedder, Selection
@@ -155,6 +157,11 @@ class SegmentRetrieve(io.ComfyNode):
                                     tooltip="The default: a ComfyUI Load CLIP Vision model, DINOv2 large or giant as "
                                             "in the paper (CLIP and SigLIP work too). Every later segment must use "
                                             "the same file: the bank records which encoder made each descriptor."),
+                io.Int.Input("source_frames", default=0, min=0, max=10_000_000, optional=True,
+                             tooltip="The whole source video's frame count: connect Split Segments' frames output. "
+                                     "Recorded with the segment (through the descriptor), so a source trimmed or "
+                                     "re-cut since earlier segments were stored is refused before sampling. "
+                                     "0: not checked."),
             ],
             outputs=[
                 Selection.Output(display_name="selection",
@@ -170,11 +177,17 @@ class SegmentRetrieve(io.ComfyNode):
 
     @classmethod
     def execute(cls, bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
-                embedder=None, clip_vision=None) -> io.NodeOutput:
+                embedder=None, clip_vision=None, source_frames: int = 0) -> io.NodeOutput:
+        if source_frames > 0:  # before any work: a changed source would put this segment on the wrong frames
+            bank.refresh()
+            check_source_frames([e for e in (bank.entry(i) for i in bank.retrieval_ids()) if e.source_id == source_id],
+                                source_frames, source_id)
         file = clip_vision_file(cls.hidden.dynprompt, cls.hidden.unique_id) if clip_vision is not None else ""
         embedder, source = segment_embedder(embedder, clip_vision, file)
         result, descriptor, table = retrieve_segment(bank, segment, segment_index, source_id, top_k, recent_first,
                                                      embedder, source)
+        if source_frames > 0:
+            descriptor = dataclasses.replace(descriptor, source_frames=source_frames)
         return io.NodeOutput(result.selection, descriptor, table, ui={"text": [table]})
 
 

@@ -31,12 +31,12 @@ from ..memv2v_core.long_edit import (graph_digest, resume_point, segment_extra, 
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K
 from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, check_source_frames,
                                     plan_segments, stitch_stream)
-from .bank_nodes import _as_queued, _input_types, _latent_format, _model_identity
+from .bank_nodes import as_queued, input_types, latent_format_of, model_identity
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
 from .memory_nodes import KERNELS, MERGE_INPUTS, make_context, patch_model
-from .segment_nodes import (FILE_FORMATS, LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, _decode, _output_path, _size_of,
-                            _source_of)
+from .segment_nodes import (FILE_FORMATS, LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, decode_segment, output_path,
+                            size_of, source_of)
 from .socket_types import Bank, Embedder
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def _open_source(video, file: str, image, width: int, height: int):
                              f"({folder_paths.get_input_directory()}); put the video there or connect Load Video to "
                              "'video'.")
         video = InputImpl.VideoFromFile(path)
-    size = _size_of(width, height, "image" if name == "image" else "video")
-    return _source_of(image, video, "image", name, size)
+    size = size_of(width, height, "image" if name == "image" else "video")
+    return source_of(image, video, "image", name, size)
 
 
 def _send_text(text: str, node_id) -> None:
@@ -200,12 +200,12 @@ class LongVideoEdit(io.ComfyNode):
         count = len(plan)
         clip_file = clip_vision_file(cls.hidden.dynprompt, node_id) if clip_vision is not None else ""
         seg_embedder, embedder_input = segment_embedder(embedder, clip_vision, clip_file)
-        api_prompt = _as_queued(cls.hidden.prompt) if isinstance(cls.hidden.prompt, dict) else None
-        found = sampler_node_provenance(api_prompt, node_id, _input_types) if api_prompt else None
+        api_prompt = as_queued(cls.hidden.prompt) if isinstance(cls.hidden.prompt, dict) else None
+        found = sampler_node_provenance(api_prompt, node_id, input_types) if api_prompt else None
         settings = _key_settings(a, source, source_id, stride, seg_embedder, api_prompt, node_id)
         keys = [segment_key(settings, window) for window in plan]
         bank.refresh()
-        made = _latent_format({"samples": torch.empty(0)}, model)
+        made = latent_format_of({"samples": torch.empty(0)}, model)
         if bank.latent_format is not None and bank.latent_format != made:
             raise ValueError(f"bank: '{bank.name}' holds {bank.latent_format} latents but this model makes {made}; "
                              "a bank serves one VAE family: give Bank Load another name for this model.")
@@ -231,10 +231,10 @@ class LongVideoEdit(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
                 start, end = plan[index]
                 # Always decode what the bank holds, edited now or earlier: the same tensor, so the same frames.
-                return _decode(vae, bank.load_latent(entry_id), end - start, entry_id, index)
+                return decode_segment(vae, bank.load_latent(entry_id), end - start, entry_id, index)
             return produce
 
-        path, subfolder = _output_path(filename_prefix, file_format)
+        path, subfolder = output_path(filename_prefix, file_format)
         try:
             with VideoWriter(path, rate, lossless=file_format != "mp4",
                              audio_from=_own_handle(source.audio_file)) as writer:
@@ -263,7 +263,7 @@ def _key_settings(a, source, source_id: str, stride: int, embedder, api_prompt, 
                      "reverse_memory": a.reverse_memory},
         "merge": {"blocks": a.merge_blocks, "ratio": a.merge_ratio, "mode": a.merge_mode},
         "conditioning": value_digest([a.positive, a.negative]),
-        "model": _model_identity(a.model),
+        "model": model_identity(a.model),
         "sigmas": value_digest(a.model.get_model_object("model_sampling").sigmas),  # e.g. the sampling shift
         # the graph upstream of the model, prompts, VAE and encoder: loader files, LoRAs and their strengths
         "graph": graph_digest(api_prompt, node_id, ("model", "positive", "negative", "vae", "clip_vision",
@@ -340,11 +340,11 @@ class _Loop:
             provenance["notes"] = found.notes
         extra = {**descriptor.bank_extra(), SOURCE_FRAMES_KEY: self.source.count,
                  **segment_extra(self.keys[index], index, count, window, self.source.count)}
-        return self.bank.add(samples, latent_format=_latent_format({"samples": samples}, a.model),
+        return self.bank.add(samples, latent_format=latent_format_of({"samples": samples}, a.model),
                              descriptor=descriptor.vector, segment_index=index, source_id=self.source_id,
                              prompt=(found.prompt if found is not None else None) or "",
                              parents=[item.entry_id for item in selection.items], seed=a.seed,
-                             sampler={"stages": [stage]}, model=_model_identity(a.model), extra=extra,
+                             sampler={"stages": [stage]}, model=model_identity(a.model), extra=extra,
                              provenance=provenance, run=self._run_record())
 
     def _run_record(self) -> dict | None:

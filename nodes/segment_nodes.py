@@ -89,7 +89,9 @@ def _video_file(video):
     return source if is_file_source(source) else None
 
 
-def _size_of(width: int, height: int, connected: str) -> tuple[int, int] | None:
+def size_of(width: int, height: int, connected: str) -> tuple[int, int] | None:
+    """The (height, width) a VIDEO is decoded at from the width/height widgets (None: its own size); ``connected``
+    names the input in use, since an IMAGE cannot be resized while decoding."""
     if not width and not height:
         return None
     if not width or not height:
@@ -101,7 +103,7 @@ def _size_of(width: int, height: int, connected: str) -> tuple[int, int] | None:
     return height, width
 
 
-def _source_of(image, video, image_name: str, video_name: str, size: tuple[int, int] | None = None) -> _Source | None:
+def source_of(image, video, image_name: str, video_name: str, size: tuple[int, int] | None = None) -> _Source | None:
     """Whichever of the two inputs is connected: an IMAGE batch, a VIDEO file (read lazily), or a VIDEO's frames."""
     if image is not None and video is not None:
         raise ValueError(f"{image_name} and {video_name} are both connected; connect only one of them")
@@ -167,6 +169,10 @@ class SplitSegments(io.ComfyNode):
                 io.String.Output(display_name="source_id",
                                  tooltip="A short id of the source video's content, for Bank Add, Segment Retrieve "
                                          "and Stitch Segments, so segments of different videos never mix."),
+                io.Int.Output(display_name="frames",
+                              tooltip="The whole source video's frame count, for Segment Retrieve's source_frames: "
+                                      "a source whose length changed since earlier segments were stored is "
+                                      "refused."),
             ],
         )
 
@@ -187,8 +193,8 @@ class SplitSegments(io.ComfyNode):
     @classmethod
     def execute(cls, segment_length: int, overlap: int, index: int, image=None, video=None,
                 vae_temporal_stride: int = WAN_TEMPORAL_STRIDE, width: int = 0, height: int = 0) -> io.NodeOutput:
-        size = _size_of(width, height, "image" if image is not None and video is None else "video")
-        source = _source_of(image, video, "image", "video", size)
+        size = size_of(width, height, "image" if image is not None and video is None else "video")
+        source = source_of(image, video, "image", "video", size)
         if source is None:
             raise ValueError("image / video: neither is connected; connect the source video to one of them")
         plan = plan_segments(source.count, segment_length, overlap, vae_temporal_stride)
@@ -207,7 +213,7 @@ class SplitSegments(io.ComfyNode):
         source_id = source.fingerprint()
         text = wrapped + (f"segment {index + 1} of {len(plan)} (index {index}): frames {start}..{end - 1} of "
                           f"{source.count}; source_id {source_id}")
-        return io.NodeOutput(frames, index, len(plan), start, end, source_id, ui={"text": [text]})
+        return io.NodeOutput(frames, index, len(plan), start, end, source_id, source.count, ui={"text": [text]})
 
 
 def _segment_list(images: list, plan: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -223,7 +229,8 @@ def _segment_list(images: list, plan: list[tuple[int, int]]) -> list[torch.Tenso
                      "order; check segment_length and overlap match Split Segments.")
 
 
-def _decode(vae, latent: torch.Tensor, frames: int, entry_id: str, segment_index: int) -> torch.Tensor:
+def decode_segment(vae, latent: torch.Tensor, frames: int, entry_id: str, segment_index: int) -> torch.Tensor:
+    """A bank entry's latent decoded to IMAGE frames, refusing a VAE of other channels or another frame count."""
     channels = getattr(vae, "latent_channels", None)
     if channels is not None and latent.shape[-4] != channels:
         raise ValueError(f"vae: bank entry {entry_id} (segment {segment_index}) holds {latent.shape[-4]}-channel "
@@ -319,7 +326,7 @@ class StitchSegments(io.ComfyNode):
                 filename_prefix: list | None = None, file_format: list | None = None,
                 fps: list | None = None) -> io.NodeOutput:
         first = lambda values, default=None: values[0] if values else default  # noqa: E731 - inputs arrive as lists
-        video = _source_of(first(source), first(source_video), "source", "source_video")
+        video = source_of(first(source), first(source_video), "source", "source_video")
         count = int(first(num_frames, 0))
         if video is not None:
             if count and count != video.count:
@@ -359,7 +366,7 @@ class StitchSegments(io.ComfyNode):
                   f"({first(blend)})" + (f"; segments {missing} taken from the source" if missing else ""))
         saved, ui_out = None, {}
         if prefix:
-            path, subfolder = _output_path(prefix, first(file_format, "mp4"))
+            path, subfolder = output_path(prefix, first(file_format, "mp4"))
             audio = video.audio_file if video is not None else None
             with VideoWriter(path, rate, lossless=first(file_format, "mp4") != "mp4", audio_from=audio) as writer:
                 def emit(frames: torch.Tensor) -> None:
@@ -426,7 +433,7 @@ class StitchSegments(io.ComfyNode):
         def decoder(entry, index: int, frames: int):
             def decode() -> torch.Tensor:  # called by stitch, one segment at a time, so only one is held decoded
                 _check_interrupted()
-                images = _decode(vae, bank.load_latent(entry.entry_id), frames, entry.entry_id, index)
+                images = decode_segment(vae, bank.load_latent(entry.entry_id), frames, entry.entry_id, index)
                 progress.update(1)
                 return images
             return decode
@@ -460,7 +467,7 @@ def _check_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-def _output_path(prefix: str, file_format: str):
+def output_path(prefix: str, file_format: str):
     """A new file in ComfyUI's output folder, numbered like Save Video's."""
     from pathlib import Path
 

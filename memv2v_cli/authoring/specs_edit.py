@@ -32,16 +32,13 @@ def long_video_edit() -> WorkflowSpec:
         "5": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
         "6": node("VAELoader", "Load Wan 2.2 VAE", vae_name=WAN22_VAE),
         "7": node("LoadVideo", "Source Video", file="my_long_video.mp4"),
-        "8": node("GetVideoComponents", "Video Frames", video=["7", 0]),
-        "10": node("ImageScale", "Resize", image=["8", 0], upscale_method="area", width=WIDTH, height=HEIGHT,
-                   crop="center"),
-        SPLIT: node("MemV2V_SplitSegments", "Split Segments (index: increment)", image=["10", 0], index=0,
-                    vae_temporal_stride=4, **seg),
+        SPLIT: node("MemV2V_SplitSegments", "Split Segments (index: increment)", video=["7", 0], index=0,
+                    vae_temporal_stride=4, width=WIDTH, height=HEIGHT, **seg),
         "11": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit"),
         "12": node("CLIPVisionLoader", "Load DINOv2 (segment descriptors)", clip_name=DINOV2),
         "13": node("MemV2V_SegmentRetrieve", "Retrieve Edited Segments", bank=["11", 0], segment=[SPLIT, 0],
                    segment_index=[SPLIT, 1], source_id=[SPLIT, 5], top_k=4, recent_first=True,
-                   clip_vision=["12", 0]),
+                   clip_vision=["12", 0], source_frames=[SPLIT, 6]),
         "14": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
         "15": node("MemV2V_EditConditioning", "Source Segment (channel concat)", positive=["4", 0],
                    negative=["5", 0], vae=["6", 0], source=[SPLIT, 0], model=["14", 0]),
@@ -58,12 +55,9 @@ def long_video_edit() -> WorkflowSpec:
         "20": node("MemV2V_BankAdd", "Remember Edited Segment", bank=["11", 0], samples=["19", 0],
                    segment_index=[SPLIT, 1], source_id=[SPLIT, 5], parents=["13", 0], model=["14", 0],
                    descriptor=["13", 1]),
-        "21": node("MemV2V_StitchSegments", "Stitch (unedited segments from the source)", blend="cut",
-                   bank=["20", 0], vae=["6", 0], source=["10", 0], source_id=[SPLIT, 5], fill_missing=True,
-                   vae_temporal_stride=4, **seg),
-        "22": node("CreateVideo", "Create Video", images=["21", 0], fps=["8", 2]),
-        "23": node("SaveVideo", "Save Edited Video", video=["22", 0], filename_prefix="memv2v/long_edit",
-                   format="auto", codec="auto"),
+        "21": node("MemV2V_StitchSegments", "Stitch and Save (unedited segments from the source)", blend="cut",
+                   bank=["20", 0], vae=["6", 0], source_video=["7", 0], source_id=[SPLIT, 5], fill_missing=True,
+                   vae_temporal_stride=4, filename_prefix="memv2v/long_edit", file_format="mp4", **seg),
     }
     notes = [
         Note("### Long video editing, one segment per queue run\n"
@@ -71,10 +65,12 @@ def long_video_edit() -> WorkflowSpec:
              "(LucyEdit likes 20-30 words starting with a verb such as *Change* or *Add*).\n"
              "2. **Queue once per segment.** Split Segments' index is set to *increment*: every run edits the next "
              "segment, remembers it in the bank, and the saved video shows the edit so far (segments not edited "
-             "yet come from the source). Its text says `segment i of n`; after the last one it stops with a "
-             "message - set index back to 0 for another pass.\n"
-             "3. Keep segment_length and overlap the same in Split and Stitch. 81 frames = 21 latent frames.",
-             column=0, title="How to use", height=330),
+             "yet come from the source). Its text says `segment i of n`; after the last one the index wraps to 0 "
+             "with a message, and the next run starts a new pass.\n"
+             "3. Only the current segment is decoded (resized to 832x480 while reading) and Stitch writes the "
+             "video to `output/memv2v/` one segment at a time, so the video's length does not matter.\n"
+             "4. Keep segment_length and overlap the same in Split and Stitch. 81 frames = 21 latent frames.",
+             column=0, title="How to use", height=390),
         Note("Models (ComfyUI folders):\n- `models/diffusion_models/" + LUCY_EDIT + "`: LucyEdit-Dev in "
              "ComfyUI's layout, from decart-ai/Lucy-Edit-Dev-ComfyUI (non-commercial licence), for **Load "
              "LucyEdit**.\n- `models/clip_vision/" + DINOV2 + "`: DINOv2 ViT-L/14 (facebook/dinov2-large's "
@@ -89,8 +85,8 @@ def long_video_edit() -> WorkflowSpec:
              "the same way.", column=1, title="Models", height=360),
     ]
     groups = {"1. Models": ["1", "2", "6", "12", "14"], "2. Edit instruction": ["3", "4", "5"],
-              "3. Source segment": ["7", "8", "10", SPLIT, "15"], "4. Memory": ["11", "13", "16"],
-              "5. Edit": ["17", "18", "19"], "6. Remember and stitch": ["20", "21", "22", "23"]}
+              "3. Source segment": ["7", SPLIT, "15"], "4. Memory": ["11", "13", "16"],
+              "5. Edit": ["17", "18", "19"], "6. Remember and stitch": ["20", "21"]}
     return WorkflowSpec("memv2v_long_video_edit", prompt, notes, groups, controls={SPLIT: {"index": "increment"}},
                         title="Long video edit, one segment per run (LucyEdit)",
                         description="Edit a long video segment by segment with a text instruction; each segment sees "

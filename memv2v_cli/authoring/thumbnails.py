@@ -123,6 +123,25 @@ def long_edit_thumbnail() -> Image.Image:
     return image
 
 
+def long_edit_all_thumbnail() -> Image.Image:
+    """Every segment edited in one run: source segments in, each edit streamed into one output file."""
+    image, draw = _canvas("Whole video, one run, one file")
+    count, x0, width = 5, 20, 92
+    draw.text((20, 58), "source, read a segment at a time", fill=DIM, font=_font(16))
+    for i in range(count):
+        x = x0 + i * (width + 6)
+        _clip(draw, (x, 82, x + width, 140), (120, 125, 135), frames=3)
+        _clip(draw, (x, 186, x + width, 244), (230, 120, 40), frames=3)
+        _arrow(draw, (x + width / 2, 142), (x + width / 2, 182), DIM, width=2)
+        draw.text((x + 6, 190), f"{i + 1}/{count}", fill=INK, font=_font(15))
+        if i:  # the earlier edits are this segment's memory
+            draw.arc([x - width / 2 - 6, 232, x + width / 2 - 6, 272], 0, 180, fill=MEMORY, width=2)
+    draw.rounded_rectangle([20, 290, 20 + count * (width + 6) - 6, 340], radius=8, outline=ACCENT, width=3)
+    draw.text((34, 304), "output/memv2v/long_edit_all.mp4", fill=ACCENT, font=_font(18))
+    draw.text((20, 352), "stopped? queue again: resumes at the first missing", fill=MEMORY, font=_font(16))
+    return image
+
+
 def story_thumbnail() -> Image.Image:
     image, draw = _canvas("A story, one shot per run")
     colors = [(90, 140, 200), (200, 140, 80), (120, 180, 110), (180, 100, 160)]
@@ -147,6 +166,7 @@ DRAWERS = {
     "memv2v_recammaster_no_memory": lambda: camera_thumbnail(with_memory=False),
     "memv2v_t2v_bank_turns": bank_turns_thumbnail,
     "memv2v_long_video_edit": long_edit_thumbnail,
+    "memv2v_long_video_edit_all": long_edit_all_thumbnail,
     "memv2v_story_storymem": story_thumbnail,
 }
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..segments import SOURCE_FRAMES_KEY
 from .selection import SelectedMemory, Selection
 
 logger = logging.getLogger(__name__)
@@ -49,16 +50,20 @@ class SegmentDescriptor:
     source_id: str | None = None
     frames: int = 0
     embedder_id: str | None = None  # the embedder's identity key and the size; None when the embedder has none
+    source_frames: int = 0  # the whole source video's frame count when known (0: not given)
 
     @property
     def dim(self) -> int:
         return self.vector.numel()
 
     def bank_extra(self) -> dict[str, str]:
-        """What Bank Add stores in the entry's extra beside the descriptor: the embedder's name and identity."""
+        """What Bank Add stores in the entry's extra beside the descriptor: the embedder's name and identity, and
+        the source's frame count when known (``segments.check_source_frames`` refuses a changed source by it)."""
         extra = {EMBEDDER_KEY: self.embedder}
         if self.embedder_id is not None:
             extra[EMBEDDER_ID_KEY] = self.embedder_id
+        if self.source_frames > 0:
+            extra[SOURCE_FRAMES_KEY] = int(self.source_frames)
         return extra
 
 

@@ -261,3 +261,25 @@ def test_a_source_whose_frame_count_changed_is_refused():
     with pytest.raises(ValueError, match=r"now has 140 frames, but segments \[0, 1\] of source_id 'src-a' were "
                                          r"stored from a video of 150 frames.*Load the original video"):
         check_source_frames([Entry(0, 150), Entry(1, 150)], 140, "src-a")
+
+
+def test_a_descriptor_records_the_source_frame_count_and_a_changed_source_is_refused_by_it(tmp_path):
+    """The per-segment path: Segment Retrieve's descriptor carries source_frames into the entry Bank Add stores."""
+    from memv2v_core.bank.memory_bank import MemoryBank
+    from memv2v_core.retrieval.descriptors import SegmentDescriptor
+
+    plain = SegmentDescriptor(torch.ones(4), "hist", 0, "src-a")
+    assert "source_frames" not in plain.bank_extra()  # not given: nothing recorded, nothing checked
+    bank = MemoryBank.open(tmp_path / "bank", create=True)
+    for index in range(2):
+        descriptor = SegmentDescriptor(torch.ones(4), "hist", index, "src-a", source_frames=150)
+        bank.add(torch.zeros(1, 16, 2, 2, 2), latent_format="wan21", segment_index=index, source_id="src-a",
+                 descriptor=descriptor.vector, extra=descriptor.bank_extra())
+    entries = [bank.entry(i) for i in bank.ids()]
+    assert [e.extra["source_frames"] for e in entries] == [150, 150]
+    check_source_frames(entries, 150, "src-a")
+    with pytest.raises(ValueError) as caught:
+        check_source_frames(entries, 149, "src-a")
+    assert str(caught.value).count("\n") == 0 and "now has 149 frames" in str(caught.value)
+    assert "segments [0, 1]" in str(caught.value) and "the stored segments are kept" in str(caught.value)
+    assert len(MemoryBank.open(tmp_path / "bank")) == 2

@@ -33,7 +33,7 @@ WORKFLOW = REPO_ROOT / "workflows" / "memv2v_long_video_edit.json"
 VIDEO = "7.mp4"  # the shared ReCamMaster clip with 150 frames
 FRAMES, LENGTH, OVERLAP, SIZE = 150, 33, 8, 32
 BANK = "edit_test_long"
-STITCH_BRANCH = ("MemV2V_StitchSegments", "CreateVideo", "SaveVideo")
+STITCH_BRANCH = ("MemV2V_StitchSegments",)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,14 @@ def adapt_for_test(prompt: dict, models: dict[str, str], bank: str) -> dict:
     for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
         prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
                            "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
-    prompt[_one(prompt, "ImageScale")]["inputs"].update(width=SIZE, height=SIZE)
     for class_type in ("MemV2V_SplitSegments", "MemV2V_StitchSegments"):
         prompt[_one(prompt, class_type)]["inputs"].update(segment_length=LENGTH, overlap=OVERLAP)
+    prompt[_one(prompt, "MemV2V_SplitSegments")]["inputs"].update(width=SIZE, height=SIZE)
     prompt[_one(prompt, "MemV2V_DynamicTokenize")]["inputs"].update(fine_kernel="1x2x2", coarse_kernel="1x2x2")
     prompt[_one(prompt, "KSampler")]["inputs"]["steps"] = 2
     prompt[_one(prompt, "MemV2V_BankLoad")]["inputs"]["name"] = bank
-    prompt[_one(prompt, "SaveVideo")]["inputs"].update(filename_prefix="memv2v/edit_test", format="mp4",
-                                                       codec="h264")
+    prompt[_one(prompt, "MemV2V_StitchSegments")]["inputs"].update(filename_prefix="memv2v/edit_test",
+                                                                   file_format="mp4")
     return prompt
 
 
@@ -157,6 +157,7 @@ def test_every_queue_run_edits_one_segment_into_the_bank(host, edited):
     assert len({e.source_id for e in entries}) == 1 and entries[0].source_id.startswith("src-")
     for entry in entries:
         assert entry.latent_format == "wan22"
+        assert entry.extra["source_frames"] == FRAMES  # through Split's frames output and the descriptor
         assert entry.has("descriptor") and bank.load_tensor(entry.entry_id, "descriptor").numel() > 0
         assert list(bank.load_latent(entry.entry_id).shape[-4:]) == [48, 9, 2, 2]  # 33 frames at 32 px
     for previous, entry in zip(entries, entries[1:]):
@@ -278,6 +279,40 @@ def test_bank_of_another_source_video_is_refused(host):
     message = _error_of(host, _retrieve_prompt("edit_test_other_video", "clip-a", 1))
     for part in ("source_id 'clip-a'", "clip-b", "Use the source_id the earlier segments were added with"):
         assert part in message, message
+
+
+def test_a_source_whose_frame_count_changed_is_refused_and_the_bank_kept(host):
+    """Segments stored from a 150-frame video; the source now has 140 (trimmed): Segment Retrieve refuses it before
+    sampling, and Bank Add refuses to store an edit described from it; nothing is added."""
+    name, source_id = "edit_test_trimmed", "clip-t"
+    bank = MemoryBank.open(host.output_path(f"memory_banks/{name}"), create=True)
+    bank.add(torch.randn(1, 16, 2, 4, 4), latent_format="wan21", segment_index=0, source_id=source_id,
+             descriptor=torch.rand(704), extra={"source_frames": 150})  # 704: the colour histogram's size
+    parts = ("source: the video now has 140 frames", f"segments [0] of source_id '{source_id}'",
+             "stored from a video of 150 frames", "Load the original video", "the stored segments are kept")
+    prompt = _scores_only(_retrieve_prompt(name, source_id, 1))
+    prompt["ret"]["inputs"]["source_frames"] = 140
+    message = _error_of(host, prompt)
+    for part in parts:
+        assert part in message, message
+    prompt["ret"]["inputs"]["source_frames"] = 150  # the control: the original length is accepted
+    host.run(prompt)
+    # Bank Add: a descriptor from another (empty) bank's retrieval, stored into this one.
+    prompt = _retrieve_prompt(f"{name}_fresh", source_id, 1)
+    del prompt["tok"], prompt["show"]
+    prompt["ret"]["inputs"]["source_frames"] = 140
+    prompt.update({
+        "into": {"class_type": "MemV2V_BankLoad", "inputs": {"name": name}},
+        "lat": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 5,
+                                                                    "batch_size": 1}},
+        "add": {"class_type": "MemV2V_BankAdd", "inputs": {"bank": ["into", 0], "samples": ["lat", 0],
+                                                           "descriptor": ["ret", 1]}},
+    })
+    message = _error_of(host, prompt)
+    assert "(MemV2V_BankAdd)" in message, message  # the empty bank's retrieval found nothing to refuse
+    for part in parts:
+        assert part in message, message
+    assert len(MemoryBank.open(host.output_path(f"memory_banks/{name}"))) == 1
 
 
 def test_embedder_of_another_size_is_refused(host):
