@@ -240,6 +240,7 @@ class LongVideoEdit(io.ComfyNode):
                     loop.progress.update_absolute((index + 1) * steps)
                 else:
                     entry_id, line = loop.edit(index)
+                loop.used[index] = entry_id  # what later segments remember: this run's entries, never another's
                 _send_text(line, node_id)
                 lines.append(line)
                 comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
@@ -297,13 +298,15 @@ class _Loop:
         self.progress = comfy.utils.ProgressBar(len(plan) * a.steps)
         self.previewer = latent_preview.get_previewer(a.model.load_device, a.model.model.latent_format)
         self.checked = False
+        self.used: dict[int, str] = {}  # segment index -> the entry this run made or resumed for it
 
     def edit(self, index: int) -> tuple[str, str]:
         """Read, retrieve, encode, tokenize, sample and store one segment: (entry id, report line)."""
         a, (start, end), count = self.a, self.plan[index], len(self.plan)
         frames = self.source.read(start, end)
         result, descriptor, _ = retrieve_segment(self.bank, frames, index, self.source_id, a.top_k,
-                                                 a.recent_first, self.embedder, self.embedder_input)
+                                                 a.recent_first, self.embedder, self.embedder_input,
+                                                 candidates=self.used)
         source_latent = encode_source(a.vae, frames)
         del frames
         if not self.checked:
