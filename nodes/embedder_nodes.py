@@ -218,15 +218,16 @@ def segment_embedder(embedder=None, clip_vision=None, clip_file: str = ""):
 
 
 def retrieve_segment(bank, segment, segment_index: int, source_id: str, top_k: int, recent_first: bool,
-                     embedder, source: str = "embedder"):
+                     embedder, source: str = "embedder", candidates=None):
     """Segment Retrieve's work (also the long-edit loop's): (retrieval result, descriptor, score table);
-    ``source`` names the input the embedder came through, for errors."""
+    ``source`` names the input the embedder came through, for errors; ``candidates`` as in ``select_segments``."""
     try:
         descriptor = describe_segment(embedder, segment, segment_index, source_id or None)
     except ValueError as error:
         raise ValueError(f"segment: {error}") from None
     try:
-        result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first)
+        result = select_segments(bank, source_id, segment_index, descriptor, top_k, recent_first,
+                                 candidates=candidates)
     except ValueError as error:  # the core names its "embedder"; say which input it came through
         message = str(error)
         raise ValueError(f"{source}:{message[len('embedder:'):]}" if message.startswith("embedder:")

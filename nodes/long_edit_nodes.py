@@ -8,7 +8,6 @@ records); ``memv2v_core.long_edit`` decides which segments a re-run can take fro
 
 from __future__ import annotations
 
-import io as io_module
 import logging
 import os
 from fractions import Fraction
@@ -29,14 +28,14 @@ from ..memv2v_core.bank.provenance import sampler_node_provenance
 from ..memv2v_core.long_edit import (graph_digest, resume_point, segment_extra, segment_key,
                                      stored_segments, value_digest)
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K
-from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, check_source_frames,
-                                    plan_segments, stitch_stream)
+from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, WAN_TEMPORAL_STRIDE,
+                                    check_segment_length, check_source_frames, plan_segments, stitch_stream)
 from .bank_nodes import as_queued, input_types, latent_format_of, model_identity
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
 from .memory_nodes import KERNELS, MERGE_INPUTS, make_context, patch_model
 from .segment_nodes import (FILE_FORMATS, LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, decode_segment, output_path,
-                            size_of, source_of)
+                            own_handle, size_of, source_of)
 from .socket_types import Bank, Embedder
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,10 @@ def _open_source(video, file: str, image, width: int, height: int):
     name = given[0]
     if name == "file":
         path = folder_paths.get_annotated_filepath(file)
+        inputs = os.path.abspath(folder_paths.get_input_directory())
+        if os.path.commonpath((inputs, os.path.abspath(path))) != inputs:  # '../x' or '/x': not the input folder's
+            raise ValueError(f"file: '{file}' lies outside ComfyUI's input folder ({inputs}); give a name inside it "
+                             "(e.g. 'clip.mp4' or 'videos/clip.mp4'), or connect Load Video to 'video'.")
         if not path or not os.path.isfile(path):
             raise ValueError(f"file: '{file}' is not a file in ComfyUI's input folder "
                              f"({folder_paths.get_input_directory()}); put the video there or connect Load Video to "
@@ -94,7 +97,8 @@ class LongVideoEdit(io.ComfyNode):
                         "first, then the most similar), samples the edit with ComfyUI's own sampler (LoRAs and other "
                         "model patches apply), adds it to the bank, and appends it to the output video on disk. "
                         "Interrupted or crashed? Queue again: segments already in the bank for this source and these "
-                        "settings are taken from there and the edit continues at the first missing one.",
+                        "settings are taken from there and the edit continues at the first missing one. A changed "
+                        "source file (trimmed or re-encoded) is a new source: its segments start over.",
             is_output_node=True,
             hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo, io.Hidden.dynprompt],
             inputs=[
@@ -174,10 +178,16 @@ class LongVideoEdit(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, segment_length=None, overlap=None, **_):
-        if isinstance(segment_length, int) and isinstance(overlap, int) and overlap >= segment_length:
-            return (f"overlap={overlap} must be less than segment_length={segment_length}; use e.g. "
-                    f"{min(DEFAULT_OVERLAP, segment_length - 1)}")
+    def validate_inputs(cls, segment_length=None):
+        # Only segment_length, as Split Segments: ComfyUI 0.3.64 repeats the message once per input named here and
+        # skips its own min/max checks for them (a **kwargs names them all). overlap is checked when the node runs.
+        if isinstance(segment_length, int):
+            if not 1 <= segment_length <= MAX_FRAMES:
+                return f"segment_length={segment_length} must lie in 1..{MAX_FRAMES}; 81 is Wan's native length"
+            try:
+                check_segment_length(segment_length, WAN_TEMPORAL_STRIDE)
+            except ValueError as error:
+                return str(error)
         return True
 
     @classmethod
@@ -190,6 +200,9 @@ class LongVideoEdit(io.ComfyNode):
         a = _Inputs(**{k: v for k, v in locals().items() if k != "cls"})
         node_id = str(cls.hidden.unique_id)
         stride = vae.temporal_compression_decode() or 1
+        if overlap >= segment_length:
+            raise ValueError(f"overlap={overlap} must be less than segment_length={segment_length}; use e.g. "
+                             f"{min(DEFAULT_OVERLAP, segment_length - 1)}")
         source = _open_source(video, file, image, width, height)
         try:
             plan = plan_segments(source.count, segment_length, overlap, stride)
@@ -226,6 +239,7 @@ class LongVideoEdit(io.ComfyNode):
                     loop.progress.update_absolute((index + 1) * steps)
                 else:
                     entry_id, line = loop.edit(index)
+                loop.used[index] = entry_id  # what later segments remember: this run's entries, never another's
                 _send_text(line, node_id)
                 lines.append(line)
                 comfy.model_management.throw_exception_if_processing_interrupted()  # stored: stop before decoding
@@ -237,7 +251,7 @@ class LongVideoEdit(io.ComfyNode):
         path, subfolder = output_path(filename_prefix, file_format)
         try:
             with VideoWriter(path, rate, lossless=file_format != "mp4",
-                             audio_from=_own_handle(source.audio_file)) as writer:
+                             audio_from=own_handle(source.audio_file)) as writer:
                 stitch_stream([segment(i) for i in range(count)], plan, source.count, writer.write, blend)
         except VideoWriteError as error:  # names the path and the fix; the bank keeps every stored segment
             raise RuntimeError(f"filename_prefix: {error}") from None
@@ -271,12 +285,6 @@ def _key_settings(a, source, source_id: str, stride: int, embedder, api_prompt, 
     }
 
 
-def _own_handle(file):
-    """The audio source for the writer: a path as it is; an in-memory file as a second handle on its bytes, since
-    the writer keeps it open while the segments are read from the first."""
-    return io_module.BytesIO(file.getvalue()) if isinstance(file, io_module.BytesIO) else file
-
-
 class _Loop:
     """The per-segment work of one run, with one progress bar over all segments' sampling steps."""
 
@@ -289,13 +297,15 @@ class _Loop:
         self.progress = comfy.utils.ProgressBar(len(plan) * a.steps)
         self.previewer = latent_preview.get_previewer(a.model.load_device, a.model.model.latent_format)
         self.checked = False
+        self.used: dict[int, str] = {}  # segment index -> the entry this run made or resumed for it
 
     def edit(self, index: int) -> tuple[str, str]:
         """Read, retrieve, encode, tokenize, sample and store one segment: (entry id, report line)."""
         a, (start, end), count = self.a, self.plan[index], len(self.plan)
         frames = self.source.read(start, end)
         result, descriptor, _ = retrieve_segment(self.bank, frames, index, self.source_id, a.top_k,
-                                                 a.recent_first, self.embedder, self.embedder_input)
+                                                 a.recent_first, self.embedder, self.embedder_input,
+                                                 candidates=self.used)
         source_latent = encode_source(a.vae, frames)
         del frames
         if not self.checked:

@@ -8,12 +8,13 @@ time, so memory grows with a segment, not with the video. IMAGE inputs (already 
 
 from __future__ import annotations
 
+import io as io_module
 import logging
 import os
 from fractions import Fraction
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import Input, io
 
 from ..memv2v_core.retrieval.descriptors import latest_segments, source_segments
 from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, WAN_TEMPORAL_STRIDE, check_segment_length,
@@ -82,10 +83,12 @@ def _cache_key(file, size) -> tuple | None:
 
 def _video_file(video):
     """The file (path, or the BytesIO of an uploaded video) behind a VIDEO; None when it holds decoded frames."""
-    getter = getattr(video, "get_stream_source", None)
-    if getter is None:
+    getter = getattr(type(video), "get_stream_source", None)
+    # Only a class that overrides it streams a file: VideoInput's default encodes the whole video first (and
+    # ComfyUI 0.3.64's fails for Create Video's VIDEO), so a VIDEO of frames is read from its components.
+    if getter is None or getter is getattr(Input.Video, "get_stream_source", None):
         return None
-    source = getter()
+    source = video.get_stream_source()
     return source if is_file_source(source) else None
 
 
@@ -368,7 +371,8 @@ class StitchSegments(io.ComfyNode):
         if prefix:
             path, subfolder = output_path(prefix, first(file_format, "mp4"))
             audio = video.audio_file if video is not None else None
-            with VideoWriter(path, rate, lossless=first(file_format, "mp4") != "mp4", audio_from=audio) as writer:
+            with VideoWriter(path, rate, lossless=first(file_format, "mp4") != "mp4",
+                             audio_from=own_handle(audio)) as writer:
                 def emit(frames: torch.Tensor) -> None:
                     writer.write(frames)
                     if held is not None:
@@ -461,6 +465,12 @@ class _Collector:
         self.filled += frames.shape[0]
 
 
+def own_handle(file):
+    """The audio source for a writer: a path as it is; an in-memory file as a second handle on its bytes, since
+    the writer keeps it open while the segments (or missing ones, for fill_missing) are read from the first."""
+    return io_module.BytesIO(file.getvalue()) if isinstance(file, io_module.BytesIO) else file
+
+
 def _check_interrupted() -> None:
     import comfy.model_management
 
@@ -475,7 +485,14 @@ def output_path(prefix: str, file_format: str):
 
     if file_format not in FILE_FORMATS:
         raise ValueError(f"file_format={file_format!r} is not one of {', '.join(FILE_FORMATS)}")
-    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, folder_paths.get_output_directory())
+    output = folder_paths.get_output_directory()
+    try:
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, output)
+    except Exception as error:  # noqa: BLE001 - ComfyUI raises a bare Exception for a path outside the folder
+        if type(error) is not Exception or "outside the output folder" not in str(error):
+            raise
+        raise ValueError(f"filename_prefix: '{prefix}' points outside ComfyUI's output folder ({output}); use a "
+                         "relative name without '..', e.g. 'memv2v/long_edit'") from None
     return Path(folder) / f"{name}_{counter:05}_{FILE_FORMATS[file_format]}", subfolder
 
 

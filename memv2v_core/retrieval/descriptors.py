@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -240,14 +240,22 @@ def latest_segments(entries: Sequence[Any]) -> dict[int, Any]:
 
 def select_segments(bank: Any, source_id: str | None, current_index: int, descriptor: Any,
                     top_k: int = DEFAULT_TOP_K, recent_first: bool = True, *,
-                    lineage_of: str | None = None) -> SegmentRetrieval:
+                    lineage_of: str | None = None, candidates: Mapping[int, str] | None = None) -> SegmentRetrieval:
     """Rank the bank's earlier segments of ``source_id`` against ``descriptor`` (see the module rule); hidden
-    entries are skipped, and ``lineage_of`` / the active branch restrict the candidates as in ``source_segments``."""
+    entries are skipped, and ``lineage_of`` / the active branch restrict the candidates as in ``source_segments``.
+
+    ``candidates`` (segment index -> entry id): only these entries may be remembered, e.g. the ones a long-edit
+    run made or resumed, so another run's newer edit of an earlier segment never conditions this run's."""
     segments, notes = source_segments(bank, source_id, strict=current_index > 0, lineage_of=lineage_of)
     source_id = source_id or None
     earlier = [e for e in segments if e.segment_index < current_index]
     if len(earlier) < len(segments):
         notes.append(f"ignored {len(segments) - len(earlier)} entries of segment {current_index} or later")
+    if candidates is not None:
+        chosen = [e for e in earlier if candidates.get(e.segment_index) == e.entry_id]
+        if len(chosen) < len(earlier):
+            notes.append(f"ignored {len(earlier) - len(chosen)} edits of earlier segments that this run did not use")
+        earlier = chosen
     kept = list(latest_segments(earlier).values())
     if len(kept) < len(earlier):
         notes.append(f"{len(earlier) - len(kept)} older edits of a segment were replaced by its newest edit")

@@ -238,3 +238,15 @@ def test_the_segment_of_the_same_scene_ranks_right_after_the_previous_one(shared
     assert result.selection.entry_ids[:2] == [ids[3], ids[0]]  # previous first, then the same scene
     assert similarity[0] > 0.9
     assert similarity[0] > max(similarity[1], similarity[2], similarity[3]) + 0.3
+
+
+def test_candidates_restrict_the_selection_to_the_entries_a_run_used(bank):
+    # Run A made segments 0 and 1; run B (other settings) then made newer edits of both. A resumed must remember
+    # its own, not B's newer ones (the default, for Segment Retrieve, still takes the newest edit).
+    a0, a1 = add_segment(bank, 0, unit(1, 0)), add_segment(bank, 1, unit(0, 1))
+    b0, b1 = add_segment(bank, 0, unit(1, 0)), add_segment(bank, 1, unit(0, 1))
+    assert select_segments(bank, "video-a", 2, unit(1, 0), top_k=4).selection.entry_ids == [b1, b0]
+    own = select_segments(bank, "video-a", 2, unit(1, 0), top_k=4, candidates={0: a0, 1: a1})
+    assert own.selection.entry_ids == [a1, a0]
+    assert any("2 edits of earlier segments that this run did not use" in note for note in own.notes)
+    assert select_segments(bank, "video-a", 2, unit(1, 0), top_k=4, candidates={0: a0}).selection.entry_ids == [a0]
