@@ -14,6 +14,11 @@ CPU. What is measured is the server process's memory: its resident size after st
 and its peak (``VmHWM`` from ``/proc/<pid>/status`` right after the run), plus ``VmRSS`` sampled during the run.
 The output is probed: it must have exactly the source's frame count and frame rate.
 
+Slow on a CPU: the Wan 2.2 VAE class is full size even with random weights, and it encodes and decodes every frame
+(about 1.5-2.5 s per source frame at 32x32 on 2 shared cores, so 600 + 3000 frames take hours there; minutes on a GPU).
+The peak (``VmHWM``) is set while the 1.4 GB VAE file loads; the sampled RSS at half time and in the last tenth of
+the run show whether memory grows from segment to segment.
+
 Prints a table and one JSON line; the exit status is 1 when the longest video's peak exceeds the shortest one's by
 more than ``--limit`` (default 1.25x), i.e. when memory grows with the video's length. Linux only (``/proc``).
 """
