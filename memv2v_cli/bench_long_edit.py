@@ -115,6 +115,25 @@ def edit_prompt(api: dict, assets: dict[str, str], video: str, args: argparse.Na
     return prompt
 
 
+def run_polled(client: comfy_host.ComfyClient, prompt: dict, timeout: float) -> comfy_host.PromptResult:
+    """Queue ``prompt`` and poll its history until it ends. No websocket: a long CPU run can starve the server's
+    pong past the client's heartbeat, which closes the socket although the prompt goes on."""
+    start = time.monotonic()
+    prompt_id = client.queue_prompt(prompt)
+    while time.monotonic() - start < timeout:
+        entry = client.get_json(f"/history/{prompt_id}").get(prompt_id)
+        status = (entry or {}).get("status") or {}
+        if status.get("completed") or status.get("status_str") == "error":
+            result = comfy_host.PromptResult(prompt_id, status.get("status_str", "unknown"), entry.get("outputs", {}),
+                                             [tuple(m) for m in status.get("messages", [])],
+                                             time.monotonic() - start)
+            if result.status != "success":
+                raise RuntimeError(f"prompt {prompt_id} ended with {result.status}: {status.get('messages')}")
+            return result
+        time.sleep(2.0)
+    raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+
 def run_case(comfyui: Path, assets: dict[str, str], source: Path, frames: int, folder: Path,
              args: argparse.Namespace) -> dict:
     """One fresh server, one queued run over the whole video: its memory, time and the output's frames and fps."""
@@ -135,15 +154,14 @@ def run_case(comfyui: Path, assets: dict[str, str], source: Path, frames: int, f
         prompt = edit_prompt(api, assets, source.name, args, str(frames))
         started = time.monotonic()
         with RssSampler(pid) as sampler:
-            result = server.client().run(prompt, timeout=args.timeout)
+            result = run_polled(server.client(), prompt, args.timeout)
         wall = time.monotonic() - started
         after = proc_status(pid)
         videos = [Path(f) for f in result.output_files(base) if f.endswith(".mp4")]
         if len(videos) != 1:
             raise RuntimeError(f"expected one written .mp4, found {videos}")
         out, src = probe(videos[0]), probe(source)
-        report = [data["output"]["text"][0] for kind, data in result.messages
-                  if kind == "executed" and (data.get("output") or {}).get("text")]
+        report = (result.outputs.get(graph.find_nodes(prompt, NODE)[0]) or {}).get("text") or []
         return {"frames": frames, "segments": segment_count(frames, args.segment_length, args.overlap),
                 "baseline_rss": baseline["VmRSS"], "peak_rss": after["VmHWM"], "end_rss": after["VmRSS"],
                 "rss_half": sampler.at_fraction(0.5), "rss_last_tenth": sampler.at_fraction(1.0),
