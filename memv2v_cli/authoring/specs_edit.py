@@ -137,8 +137,12 @@ def long_video_edit_all() -> WorkflowSpec:
              "\n\nLoRAs and other model patches go between **Model Sampling** and the node: it samples through "
              "ComfyUI's own sampler.", column=1, title="Models", height=330),
     ]
-    groups = {"Models": ["1", "2", "6", "9", "10"], "Memory and edit": ["8", "11"]}
-    return WorkflowSpec("memv2v_long_video_edit_all", prompt, notes, groups)
+    groups = {"1. Models": ["1", "2", "6", "9", "10"], "2. Edit instruction": ["3", "4", "5"],
+              "3. Source and memory": ["7", "8"], "4. Edit every segment": ["11"]}
+    return WorkflowSpec("memv2v_long_video_edit_all", prompt, notes, groups,
+                        title="Long video edit, all segments in one run (LucyEdit)",
+                        description="Edit a whole long video with one text instruction in a single queue run; each "
+                                    "segment remembers the ones before it, and a stopped run resumes where it ended.")
 
 
 def specs() -> list[WorkflowSpec]:
