@@ -72,8 +72,19 @@ READ = """(id) => {
             overflowX: el.scrollWidth - el.clientWidth, boxHeight: el.clientHeight}; }"""
 
 
+SHOW = """(id) => {
+    const app = window.comfyAPI.app.app, node = app.graph.getNodeById(id), c = app.canvas;
+    c.ds.scale = 0.75; c.ds.offset = [120 - node.pos[0], 60 - node.pos[1]]; c.setDirty(true, true); }"""
+
+
 def read_summaries(page, ids: dict) -> dict:
-    return {title: page.evaluate(READ, ids[title]) for title in SUMMARY_NODES}
+    # DOM widgets are laid out only on nodes the canvas draws: bring each node into view before reading it.
+    found = {}
+    for title in SUMMARY_NODES:
+        page.evaluate(SHOW, ids[title])
+        page.wait_for_timeout(300)
+        found[title] = page.evaluate(READ, ids[title])
+    return found
 
 
 def wait_summaries(page, ids: dict, timeout: float = 120) -> dict:
