@@ -114,11 +114,7 @@ def stitch(segments: Sequence[SegmentSource], plan: Sequence[Window], num_frames
     the output. A missing segment (None) is taken from ``fill`` (the source video, resized to the segments' size
     when it differs); without ``fill`` missing segments are an error that lists them.
     """
-    _check_blend(blend)
-    _check_plan(plan, num_frames)
-    if len(segments) != len(plan):
-        raise ValueError(f"got {len(segments)} segments for a plan of {len(plan)} windows; pass one segment (or None) "
-                         "per window, in order")
+    _check_stitch(segments, plan, num_frames, blend)
     missing = missing_segments(segments)
     if fill is not None:
         _check_video("fill", fill)
@@ -223,11 +219,7 @@ def stitch_stream(segments: Sequence[SegmentSource], plan: Sequence[Window], num
     the source's own size). The first edited segment is produced first, so its size is known before any fill.
     Returns the number of frames emitted.
     """
-    _check_blend(blend)
-    _check_plan(plan, num_frames)
-    if len(segments) != len(plan):
-        raise ValueError(f"got {len(segments)} segments for a plan of {len(plan)} windows; pass one segment (or None) "
-                         "per window, in order")
+    _check_stitch(segments, plan, num_frames, blend)
     missing = missing_segments(segments)
     if missing and fill is None:
         raise ValueError(f"segments {', '.join(map(str, missing))} (of {len(plan)}, numbered from 0) are missing: "
@@ -312,6 +304,14 @@ def _check_video(name: str, frames: object) -> None:
         shape = list(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise ValueError(f"{name} is {shape}; expected an IMAGE batch [frames, height, width, channels] with at least "
                          "one frame")
+
+
+def _check_stitch(segments, plan, num_frames: int, blend: str) -> None:
+    _check_blend(blend)
+    _check_plan(plan, num_frames)
+    if len(segments) != len(plan):
+        raise ValueError(f"got {len(segments)} segments for a plan of {len(plan)} windows; pass one segment (or None) "
+                         "per window, in order")
 
 
 def _check_blend(blend: str) -> None:

@@ -28,14 +28,14 @@ from ..memv2v_core.bank.provenance import sampler_node_provenance
 from ..memv2v_core.long_edit import (graph_digest, resume_point, segment_extra, segment_key,
                                      stored_segments, value_digest)
 from ..memv2v_core.retrieval.descriptors import DEFAULT_TOP_K
-from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, WAN_TEMPORAL_STRIDE,
-                                    check_segment_length, check_source_frames, plan_segments, stitch_stream)
+from ..memv2v_core.segments import (BLENDS, DEFAULT_LENGTH, DEFAULT_OVERLAP, SOURCE_FRAMES_KEY, check_source_frames,
+                                    plan_segments, stitch_stream)
 from .bank_nodes import as_queued, input_types, latent_format_of, model_identity
 from .edit_nodes import check_model_takes_source, encode_source, source_conditioning
 from .embedder_nodes import clip_vision_file, retrieve_segment, segment_embedder
 from .memory_nodes import KERNELS, MERGE_INPUTS, make_context, patch_model
 from .segment_nodes import (FILE_FORMATS, LENGTH_TOOLTIP, MAX_FRAMES, OVERLAP_TOOLTIP, decode_segment, output_path,
-                            own_handle, size_of, source_of)
+                            own_handle, segment_length_problem, size_of, source_of)
 from .socket_types import Bank, Embedder
 
 logger = logging.getLogger(__name__)
@@ -179,16 +179,7 @@ class LongVideoEdit(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, segment_length=None):
-        # Only segment_length, as Split Segments: ComfyUI 0.3.64 repeats the message once per input named here and
-        # skips its own min/max checks for them (a **kwargs names them all). overlap is checked when the node runs.
-        if isinstance(segment_length, int):
-            if not 1 <= segment_length <= MAX_FRAMES:
-                return f"segment_length={segment_length} must lie in 1..{MAX_FRAMES}; 81 is Wan's native length"
-            try:
-                check_segment_length(segment_length, WAN_TEMPORAL_STRIDE)
-            except ValueError as error:
-                return str(error)
-        return True
+        return segment_length_problem(segment_length)
 
     @classmethod
     def execute(cls, model, positive, negative, vae, bank, width: int, height: int, segment_length: int,

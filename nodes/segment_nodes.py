@@ -181,17 +181,7 @@ class SplitSegments(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, segment_length=None):
-        # ComfyUI 0.3.64 repeats a validate_inputs message once per input named here, so only segment_length is:
-        # one line, on the input it concerns. Wan's stride is assumed (the stride and overlap are checked when the
-        # node runs, with the same messages).
-        if isinstance(segment_length, int):
-            if not 1 <= segment_length <= MAX_FRAMES:
-                return f"segment_length={segment_length} must lie in 1..{MAX_FRAMES}; 81 is Wan's native length"
-            try:
-                check_segment_length(segment_length, WAN_TEMPORAL_STRIDE)
-            except ValueError as error:
-                return str(error)
-        return True
+        return segment_length_problem(segment_length)
 
     @classmethod
     def execute(cls, segment_length: int, overlap: int, index: int, image=None, video=None,
@@ -463,6 +453,20 @@ class _Collector:
             self.out = torch.empty((self.count, *frames.shape[1:]), dtype=frames.dtype, device=frames.device)
         self.out[self.filled:self.filled + frames.shape[0]] = frames
         self.filled += frames.shape[0]
+
+
+def segment_length_problem(segment_length) -> str | bool:
+    """A ``validate_inputs`` result for ``segment_length`` alone: ComfyUI 0.3.64 repeats a message once per input
+    the method names (and a ``**kwargs`` names them all, skipping ComfyUI's own checks), so one line, on this input.
+    Wan's stride is assumed; the VAE's stride and the overlap are checked when the node runs."""
+    if isinstance(segment_length, int):
+        if not 1 <= segment_length <= MAX_FRAMES:
+            return f"segment_length={segment_length} must lie in 1..{MAX_FRAMES}; 81 is Wan's native length"
+        try:
+            check_segment_length(segment_length, WAN_TEMPORAL_STRIDE)
+        except ValueError as error:
+            return str(error)
+    return True
 
 
 def own_handle(file):
