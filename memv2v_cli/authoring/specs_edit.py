@@ -21,10 +21,9 @@ WIDTH, HEIGHT = 832, 480  # Wan 2.2 VAE: sides must be multiples of 16
 SPLIT = "9"  # Split Segments: its index steps on by itself after every queue run
 
 
-def long_video_edit() -> WorkflowSpec:
-    """LucyEdit a long video segment by segment, each segment remembering the edited earlier ones."""
-    seg = {"segment_length": SEGMENT_LENGTH, "overlap": OVERLAP}
-    prompt = {
+def _models_and_source() -> dict:
+    """Nodes 1-7 both edit workflows share: LucyEdit, the text encoder and prompts, the VAE and the source video."""
+    return {
         "1": node("UNETLoader", "Load LucyEdit", unet_name=LUCY_EDIT, weight_dtype="default"),
         "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
         "3": node("PrimitiveStringMultiline", "Edit Instruction", value=EDIT_INSTRUCTION),
@@ -32,6 +31,14 @@ def long_video_edit() -> WorkflowSpec:
         "5": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
         "6": node("VAELoader", "Load Wan 2.2 VAE", vae_name=WAN22_VAE),
         "7": node("LoadVideo", "Source Video", file="my_long_video.mp4"),
+    }
+
+
+def long_video_edit() -> WorkflowSpec:
+    """LucyEdit a long video segment by segment, each segment remembering the edited earlier ones."""
+    seg = {"segment_length": SEGMENT_LENGTH, "overlap": OVERLAP}
+    prompt = {
+        **_models_and_source(),
         SPLIT: node("MemV2V_SplitSegments", "Split Segments (index: increment)", video=["7", 0], index=0,
                     vae_temporal_stride=4, width=WIDTH, height=HEIGHT, **seg),
         "11": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit"),
@@ -96,13 +103,7 @@ def long_video_edit() -> WorkflowSpec:
 def long_video_edit_all() -> WorkflowSpec:
     """LucyEdit a long video in one queue run: Long Video Edit loops over every segment, resumable."""
     prompt = {
-        "1": node("UNETLoader", "Load LucyEdit", unet_name=LUCY_EDIT, weight_dtype="default"),
-        "2": node("CLIPLoader", "Load Text Encoder", clip_name=UMT5, type="wan", device="default"),
-        "3": node("PrimitiveStringMultiline", "Edit Instruction", value=EDIT_INSTRUCTION),
-        "4": node("CLIPTextEncode", "Encode Instruction", clip=["2", 0], text=["3", 0]),
-        "5": node("CLIPTextEncode", "Negative Prompt", clip=["2", 0], text=NEGATIVE),
-        "6": node("VAELoader", "Load Wan 2.2 VAE", vae_name=WAN22_VAE),
-        "7": node("LoadVideo", "Source Video", file="my_long_video.mp4"),
+        **_models_and_source(),
         "8": node("MemV2V_BankLoad", "Edit Memory Bank", name="my_long_edit_all"),
         "9": node("CLIPVisionLoader", "Load DINOv2 (segment descriptors)", clip_name=DINOV2),
         "10": node("ModelSamplingSD3", "Model Sampling (shift)", model=["1", 0], shift=5.0),
