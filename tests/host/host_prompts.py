@@ -1,4 +1,9 @@
-"""API-prompt fragments shared by the host tests: a tiny Wan 2.1 sampler graph and a decode-and-save tail."""
+"""API-prompt fragments shared by the host tests: a tiny Wan 2.1 sampler graph, a decode-and-save tail, and the
+shipped long-edit graphs on tiny models."""
+
+import copy
+
+from memv2v_cli import graph
 
 
 def tiny_sampler_nodes(dit: str, seed: int = 7, frames: int = 5, size: int = 32, steps: int = 2,
@@ -26,3 +31,26 @@ def decode_and_save_nodes(vae: str, samples: list, prefix: str, fps: float = 16.
         "10": {"class_type": "SaveVideo", "inputs": {"video": ["9", 0], "filename_prefix": prefix, "format": "mp4",
                                                      "codec": "h264"}},
     }
+
+
+def one_node(prompt: dict, class_type: str) -> str:
+    """The id of the shipped graph's only node of ``class_type``."""
+    found = graph.find_nodes(prompt, class_type)
+    assert len(found) == 1, f"expected one {class_type} in the shipped workflow, found {found}"
+    return found[0]
+
+
+def tiny_edit_graph(prompt: dict, models: dict[str, str], video: str) -> dict:
+    """A copy of a shipped long-edit graph on the tiny LucyEdit DiT, the random Wan 2.2 VAE and the demo DINOv2,
+    with the demo text conditioning in place of the text encoder, reading ``video``."""
+    prompt = copy.deepcopy(prompt)
+    prompt[one_node(prompt, "UNETLoader")]["inputs"]["unet_name"] = models["dit"]
+    prompt[one_node(prompt, "VAELoader")]["inputs"]["vae_name"] = models["vae"]
+    prompt[one_node(prompt, "LoadVideo")]["inputs"]["file"] = video
+    prompt[one_node(prompt, "CLIPVisionLoader")].update(class_type="MemV2VDemo_CLIPVisionLoader",
+                                                        inputs={"clip_name": models["dinov2"]})
+    del prompt[one_node(prompt, "CLIPLoader")]
+    for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
+        prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
+                           "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
+    return prompt

@@ -14,7 +14,6 @@ lossless output (FFV1 .mkv) so the stitched frames compare exactly.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import av
 import pytest
 import torch
 
+from host_prompts import one_node as _one, tiny_edit_graph
 from memv2v_cli import graph
 from memv2v_cli.demo import setup as demo_setup
 from memv2v_cli.host import comfy_host
@@ -50,24 +50,9 @@ def models(host) -> dict[str, str]:
             "dinov2": Path(assets["dinov2"]).name}
 
 
-def _one(prompt: dict, class_type: str) -> str:
-    found = graph.find_nodes(prompt, class_type)
-    assert len(found) == 1, f"expected one {class_type} in the shipped workflow, found {found}"
-    return found[0]
-
-
 def adapt(prompt: dict, models: dict[str, str], bank: str, prefix: str) -> dict:
     """The shipped one-run graph with tiny models, demo conditioning, tiny pixels and short segments."""
-    prompt = copy.deepcopy(prompt)
-    prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] = models["dit"]
-    prompt[_one(prompt, "VAELoader")]["inputs"]["vae_name"] = models["vae"]
-    prompt[_one(prompt, "LoadVideo")]["inputs"]["file"] = VIDEO
-    prompt[_one(prompt, "CLIPVisionLoader")].update(class_type="MemV2VDemo_CLIPVisionLoader",
-                                                    inputs={"clip_name": models["dinov2"]})
-    del prompt[_one(prompt, "CLIPLoader")]
-    for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
-        prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
-                           "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
+    prompt = tiny_edit_graph(prompt, models, VIDEO)
     prompt[_one(prompt, "MemV2V_BankLoad")]["inputs"]["name"] = bank
     prompt[_one(prompt, NODE)]["inputs"].update(width=SIZE, height=SIZE, segment_length=LENGTH, overlap=OVERLAP,
                                                 steps=STEPS, fine_kernel="1x2x2", coarse_kernel="1x2x2",

@@ -22,6 +22,7 @@ import av
 import pytest
 import torch
 
+from host_prompts import one_node as _one, tiny_edit_graph
 from memv2v_cli import graph
 from memv2v_cli.demo import setup as demo_setup
 from memv2v_cli.host import comfy_host
@@ -53,24 +54,9 @@ def edit_models(host) -> dict[str, str]:
             "dinov2_other": Path(assets["dinov2_other"]).name}
 
 
-def _one(prompt: dict, class_type: str) -> str:
-    found = graph.find_nodes(prompt, class_type)
-    assert len(found) == 1, f"expected one {class_type} in the shipped workflow, found {found}"
-    return found[0]
-
-
 def adapt_for_test(prompt: dict, models: dict[str, str], bank: str) -> dict:
     """The shipped edit graph with tiny models, demo conditioning, tiny pixels and short segments."""
-    prompt = copy.deepcopy(prompt)
-    prompt[_one(prompt, "UNETLoader")]["inputs"]["unet_name"] = models["dit"]
-    prompt[_one(prompt, "VAELoader")]["inputs"]["vae_name"] = models["vae"]
-    prompt[_one(prompt, "LoadVideo")]["inputs"]["file"] = VIDEO
-    prompt[_one(prompt, "CLIPVisionLoader")].update(class_type="MemV2VDemo_CLIPVisionLoader",
-                                                    inputs={"clip_name": models["dinov2"]})
-    del prompt[_one(prompt, "CLIPLoader")]
-    for node_id in graph.find_nodes(prompt, "CLIPTextEncode"):
-        prompt[node_id] = {"class_type": "MemV2VDemo_TextConditioning",
-                           "inputs": {"text": prompt[node_id]["inputs"]["text"], "tokens": 16}}
+    prompt = tiny_edit_graph(prompt, models, VIDEO)
     for class_type in ("MemV2V_SplitSegments", "MemV2V_StitchSegments"):
         prompt[_one(prompt, class_type)]["inputs"].update(segment_length=LENGTH, overlap=OVERLAP)
     prompt[_one(prompt, "MemV2V_SplitSegments")]["inputs"].update(width=SIZE, height=SIZE)
